@@ -1,0 +1,63 @@
+"""The ``ryla`` command line: thin typer glue over the library.
+
+Each noun lives in its own module and registers its commands here.  Commands import heavy
+dependencies (modal, fastapi, uvicorn, websockets) inside their bodies so ``ryla --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ryla_modal import __version__
+from ryla_modal.cli import modal_cmds
+from ryla_modal.cli._errors import run_app
+
+app = typer.Typer(
+    name="ryla",
+    help=(
+        "Run ComfyUI workflows on Modal GPUs: deploy the worker, generate images and videos,"
+        " and read logs with hard deadlines.\n\n"
+        "Examples:\n\n"
+        "  ryla deploy\n\n"
+        "  ryla generate examples/workflows/demo_model_free.json --out outputs\n\n"
+        "  ryla logs ryla-comfyui --timeout 30"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"ryla {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        help="Print the version and exit.",
+        callback=_version_callback,
+        is_eager=True,
+    ),
+) -> None:
+    """Run ComfyUI workflows on Modal GPUs."""
+
+
+modal_cmds.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    return run_app(app, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Every default in one place: timeouts, retry counts, poll intervals, size limits.
+
+A reader who wants to know "how long do we wait for a cold start" finds it here and nowhere else.
+"""
+
+from __future__ import annotations
+
+# --- HTTP to our gateway ---------------------------------------------------------------------
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 30.0
+COLD_START_TIMEOUT_S = 300.0
+EXECUTION_TIMEOUT_S = 1200.0
+LONG_POLL_WAIT_S = 20
+LONG_POLL_MAX_S = 25
+RETRY_AFTER_CAP_S = 120.0
+
+# --- ComfyUI (inside the container, or behind `ryla serve`) ------------------------------------
+COMFY_HOST = "127.0.0.1"
+COMFY_PORT = 8188
+COMFY_READY_TIMEOUT_S = 120.0
+COMFY_READY_POLL_S = 0.05  # the issue allows at most 50 ms between readiness probes
+COMFY_STOP_GRACE_S = 5.0
+COMFY_HTTP_TIMEOUT_S = 30.0
+COMFY_CONNECT_TIMEOUT_S = 5.0
+COMFY_HISTORY_POLL_S = 0.5
+COMFY_LOG_TAIL_LINES = 40
+
+# --- workflows ---------------------------------------------------------------------------------
+WORKFLOW_MAX_BYTES = 32 * 1024 * 1024
+WORKFLOW_MAX_NODES = 5000
+
+# --- the modal CLI -------------------------------------------------------------------------------
+MODAL_LOGS_TIMEOUT_S = 30.0
+MODAL_DEPLOY_TIMEOUT_S = 1800.0
+MODAL_COMMAND_TIMEOUT_S = 60.0
+KILL_GRACE_S = 0.3
+DEFAULT_APP_NAME = "ryla-comfyui"

@@ -1,0 +1,1 @@
+"""Everything that runs the `modal` CLI, always under a hard deadline."""

@@ -1,0 +1,1 @@
+"""The HTTP job API (FastAPI): schemas, app factory, executors, job stores."""
