@@ -147,6 +147,10 @@ class ExecutionError(RylaError):
         self.traceback_tail = traceback_tail or []
 
 
+class OutputIntegrityError(RylaError):
+    """A downloaded output did not match the server's checksum or size; nothing was saved."""
+
+
 class ComfyUIUnavailable(EndpointUnavailable):
     """The ComfyUI process failed to start, died, or stopped answering.
 
