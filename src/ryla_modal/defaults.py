@@ -13,6 +13,9 @@ EXECUTION_TIMEOUT_S = 1200.0
 LONG_POLL_WAIT_S = 20
 LONG_POLL_MAX_S = 25
 RETRY_AFTER_CAP_S = 120.0
+RETRY_MAX_ATTEMPTS = 6
+RETRY_INITIAL_DELAY_S = 0.5
+RETRY_MAX_DELAY_S = 8.0
 
 # --- ComfyUI (inside the container, or behind `ryla serve`) ------------------------------------
 COMFY_HOST = "127.0.0.1"
