@@ -1,0 +1,510 @@
+"""Run one job end to end on a ComfyUI server: upload, submit, follow, collect.
+
+The same code runs inside the Modal container and behind ``ryla serve``.  The job id is
+ComfyUI's ``prompt_id``, which makes a retried job safe: if ComfyUI already knows the prompt
+(queued, running or finished) it is followed or collected, never submitted a second time.
+
+Example::
+
+    runner = ComfyRunner(comfy.base_url, process=comfy, work_dir=Path("out"))
+    result = runner.run(workflow, job_id=str(uuid.uuid4()), on_progress=print)
+    for f in result.outputs:
+        print(f.node_id, f.path, f.sha256)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import mimetypes
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ryla_modal import defaults
+from ryla_modal.comfy.api import (
+    ComfyAPI,
+    EventSocket,
+    OutputRef,
+    SocketClosed,
+    follow_prompt,
+    output_refs,
+    raise_for_history,
+)
+from ryla_modal.comfy.process import ComfyProcess
+from ryla_modal.errors import (
+    ComfyUIUnavailable,
+    OutputIntegrityError,
+    WorkflowFormatError,
+)
+from ryla_modal.outputs import safe_basename, save_stream
+
+#: Extensions the stdlib ``mimetypes`` table may not know, or knows differently per platform.
+_EXTRA_MIME = {
+    ".webp": "image/webp",
+    ".webm": "video/webm",
+    ".mp4": "video/mp4",
+    ".mov": "video/quicktime",
+    ".mkv": "video/x-matroska",
+    ".gif": "image/gif",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".flac": "audio/flac",
+    ".wav": "audio/wav",
+    ".mp3": "audio/mpeg",
+    ".ogg": "audio/ogg",
+    ".opus": "audio/opus",
+    ".json": "application/json",
+    ".txt": "text/plain",
+    ".glb": "model/gltf-binary",
+    ".safetensors": "application/octet-stream",
+}
+
+#: The input key the runner adds to sink nodes when ``delete_outputs`` is on; ComfyUI ignores
+#: inputs its node does not declare, but they change the node's cache signature.
+UNCACHE_INPUT = "ryla_job_id"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A file the workflow loads by name (LoadImage & co.), uploaded before submitting."""
+
+    name: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: str  # "uploading_inputs" | "executing" | "collecting_outputs" | "done"
+    node_id: str | None = None
+    node_type: str | None = None
+    nodes_done: int = 0
+    nodes_total: int = 0
+    step: int | None = None
+    steps: int | None = None
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    index: int
+    node_id: str
+    filename: str  # a safe basename of ComfyUI's file name (never a path)
+    subfolder: str
+    type: str  # ComfyUI folder type (output/temp)
+    kind: str  # the history key it came from: "images", "gifs", "audio", "video", ...
+    mime: str
+    size: int
+    sha256: str
+    path: Path | None = None
+    data: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    job_id: str
+    outputs: list[OutputFile]
+    timings: dict[str, float]
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def guess_mime(filename: str, content_type: str | None = None) -> str:
+    """MIME type from the extension; the server's content-type only when the name says nothing."""
+    ext = Path(filename).suffix.lower()
+    if ext in _EXTRA_MIME:
+        return _EXTRA_MIME[ext]
+    guessed, _ = mimetypes.guess_type(filename, strict=False)
+    if guessed:
+        return guessed
+    if content_type:
+        return content_type.split(";", 1)[0].strip() or "application/octet-stream"
+    return "application/octet-stream"
+
+
+def uncache_sinks(workflow: Mapping[str, Any], job_id: str) -> dict[str, Any]:
+    """A copy of ``workflow`` whose sink nodes (output nodes) carry the job id as an extra input.
+
+    ComfyUI caches output nodes too: an identical rerun reports the previous job's files.
+    When those were deleted after collection, the rerun would point at nothing, so with
+    ``delete_outputs`` each job makes its output nodes run (and write) again; upstream nodes
+    stay cached.
+    """
+    wf = copy.deepcopy(dict(workflow))
+    linked: set[str] = set()
+    for node in wf.values():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        for value in (inputs or {}).values():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+                linked.add(str(value[0]))
+    for node_id, node in wf.items():
+        if isinstance(node, dict) and str(node_id) not in linked:
+            inputs = node.setdefault("inputs", {})
+            if isinstance(inputs, dict):
+                inputs[UNCACHE_INPUT] = job_id
+    return wf
+
+
+class _ProgressTracker:
+    """Turns ComfyUI events into Progress values (nodes done/total, sampler steps)."""
+
+    def __init__(self, workflow: Mapping[str, Any], emit: Callable[[Progress], None]) -> None:
+        self.workflow = workflow
+        self.total = len(workflow)
+        self.emit = emit
+        self.done: set[str] = set()
+        self.current: str | None = None
+        self.step: int | None = None
+        self.steps: int | None = None
+        self.started_at: float | None = None
+
+    def node_type(self, node_id: str | None) -> str | None:
+        node = self.workflow.get(node_id) if node_id is not None else None
+        return str(node.get("class_type")) if isinstance(node, dict) else None
+
+    def progress(self) -> Progress:
+        return Progress(
+            phase="executing",
+            node_id=self.current,
+            node_type=self.node_type(self.current),
+            nodes_done=min(len(self.done), self.total),
+            nodes_total=self.total,
+            step=self.step,
+            steps=self.steps,
+        )
+
+    def on_event(self, kind: str, data: Mapping[str, Any]) -> None:
+        if kind == "execution_start":
+            self.started_at = time.monotonic()
+        elif kind == "execution_cached":
+            nodes = data.get("nodes")
+            if isinstance(nodes, list):
+                self.done.update(str(n) for n in nodes if n is not None)
+        elif kind == "executing":
+            node = data.get("node")
+            if self.current is not None:
+                self.done.add(self.current)
+            self.current = None if node is None else str(node)
+            self.step = self.steps = None
+            if node is None:
+                return
+        elif kind == "progress":
+            try:
+                self.step, self.steps = int(data["value"]), int(data["max"])
+            except (KeyError, TypeError, ValueError):
+                return
+            node = data.get("node")
+            if node is not None:
+                self.current = str(node)
+        elif kind == "executed":
+            node = data.get("node")
+            if node is not None:
+                self.done.add(str(node))
+        else:
+            return
+        self.emit(self.progress())
+
+
+class ComfyRunner:
+    """Runs jobs on one ComfyUI server; safe to share between threads (one job per call).
+
+    ``work_dir`` set: outputs are streamed to ``work_dir/<job_id>/``; else kept as bytes.
+    ``include_temp``: also collect PreviewImage-style files from ComfyUI's temp folder.
+    ``delete_outputs`` (needs ``comfy_output_dir``): remove the job's files from ComfyUI's output
+    folder after collecting them, so a long-lived container does not fill its disk; each job's
+    output nodes then re-run even when cached (see ``uncache_sinks``).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        work_dir: Path | None = None,
+        comfy_output_dir: Path | None = None,
+        delete_outputs: bool = False,
+        process: ComfyProcess | None = None,
+        http_timeout: float = defaults.COMFY_HTTP_TIMEOUT_S,
+        connect_timeout: float = defaults.COMFY_CONNECT_TIMEOUT_S,
+        include_temp: bool = False,
+        history_poll_s: float = defaults.COMFY_HISTORY_POLL_S,
+        default_timeout_s: float = defaults.EXECUTION_TIMEOUT_S,
+    ) -> None:
+        if delete_outputs and comfy_output_dir is None:
+            raise ValueError("delete_outputs=True needs comfy_output_dir (ComfyUI's output folder)")
+        self.api = ComfyAPI(base_url, http_timeout=http_timeout, connect_timeout=connect_timeout)
+        self.work_dir = work_dir
+        self.comfy_output_dir = comfy_output_dir
+        self.delete_outputs = delete_outputs
+        self.process = process
+        self.include_temp = include_temp
+        self.history_poll_s = history_poll_s
+        self.default_timeout_s = default_timeout_s
+
+    def close(self) -> None:
+        self.api.close()
+
+    def __enter__(self) -> ComfyRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def interrupt(self, job_id: str) -> None:
+        """Stop a job: drop it from ComfyUI's queue, interrupt it if it is running."""
+        self.api.cancel(job_id)
+
+    # --- one job ------------------------------------------------------------------------------
+
+    def run(
+        self,
+        workflow: Mapping[str, Any],
+        *,
+        job_id: str,
+        inputs: Sequence[InputFile] = (),
+        on_progress: ProgressCallback | None = None,
+        timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RunResult:
+        """Run ``workflow`` as prompt ``job_id`` and collect every output file.
+
+        Raises WorkflowValidationError, ExecutionError, JobCancelled, ComfyUIUnavailable,
+        ExecutionTimeout (with ``job_id``) or OutputIntegrityError.
+        """
+        if not job_id:
+            raise ValueError("job_id must be a non-empty string")
+        started = time.monotonic()
+        deadline = started + (self.default_timeout_s if timeout_s is None else timeout_s)
+        timings: dict[str, float] = {}
+        emit = _safe_emitter(on_progress)
+        tracker = _ProgressTracker(workflow, emit)
+
+        try:
+            entry = self._submit_and_follow(
+                workflow, job_id, inputs, deadline, tracker, timings, cancel, emit
+            )
+        except ComfyUIUnavailable as exc:
+            raise self._explain(exc) from exc
+        t_exec_end = time.monotonic()
+        raise_for_history(entry, job_id=job_id)
+
+        emit(
+            Progress(
+                phase="collecting_outputs", nodes_done=tracker.total, nodes_total=tracker.total
+            )
+        )
+        try:
+            outputs = self._collect(entry, job_id)
+        except ComfyUIUnavailable as exc:
+            raise self._explain(exc) from exc
+        timings["collecting_outputs"] = time.monotonic() - t_exec_end
+        if self.delete_outputs:
+            self._delete_from_comfy(entry)
+        timings["total"] = time.monotonic() - started
+        emit(Progress(phase="done", nodes_done=tracker.total, nodes_total=tracker.total))
+        return RunResult(job_id=job_id, outputs=outputs, timings=timings)
+
+    def _submit_and_follow(
+        self,
+        workflow: Mapping[str, Any],
+        job_id: str,
+        inputs: Sequence[InputFile],
+        deadline: float,
+        tracker: _ProgressTracker,
+        timings: dict[str, float],
+        cancel: threading.Event | None,
+        emit: Callable[[Progress], None],
+    ) -> dict[str, Any]:
+        check_alive = self.process.check_alive if self.process is not None else None
+        if check_alive is not None:
+            check_alive()  # a ComfyUI that died since the last job is reported before this one
+
+        # Idempotency: ComfyUI does not check prompt_id uniqueness, so we do.
+        entry = self.api.history(job_id)
+        if entry is not None:
+            timings["executing"] = 0.0
+            return entry
+        if self.api.queue_state(job_id) is not None:
+            # Queued or running from an earlier attempt: follow it; its events go elsewhere.
+            t0 = time.monotonic()
+            emit(tracker.progress())
+            entry = follow_prompt(
+                self.api,
+                job_id,
+                socket=None,
+                deadline=deadline,
+                check_alive=check_alive,
+                cancel=cancel,
+                poll_s=self.history_poll_s,
+            )
+            timings["executing"] = time.monotonic() - t0
+            return entry
+
+        t0 = time.monotonic()
+        if inputs:
+            emit(Progress(phase="uploading_inputs", nodes_total=tracker.total))
+            self._upload(inputs)
+        timings["uploading_inputs"] = time.monotonic() - t0
+
+        prompt = uncache_sinks(workflow, job_id) if self.delete_outputs else dict(workflow)
+        client_id = uuid.uuid4().hex
+        socket: EventSocket | None
+        try:
+            socket = self.api.open_events(client_id)  # before submitting: no event is missed
+        except SocketClosed:
+            socket = None  # follow_prompt polls /history and keeps trying to reconnect
+        try:
+            t_submit = time.monotonic()
+            self._submit(prompt, job_id, client_id)
+            emit(tracker.progress())
+            entry = follow_prompt(
+                self.api,
+                job_id,
+                socket=socket,
+                client_id=client_id,
+                deadline=deadline,
+                on_event=tracker.on_event,
+                check_alive=check_alive,
+                cancel=cancel,
+                poll_s=self.history_poll_s,
+            )
+        finally:
+            if socket is not None:
+                socket.close()
+        end = time.monotonic()
+        if tracker.started_at is not None:
+            timings["waiting_in_queue"] = tracker.started_at - t_submit
+        timings["executing"] = end - t_submit
+        return entry
+
+    def _submit(self, prompt: Mapping[str, Any], job_id: str, client_id: str) -> None:
+        try:
+            self.api.submit(prompt, prompt_id=job_id, client_id=client_id)
+        except ComfyUIUnavailable:
+            # The POST may have landed before the connection broke: never submit twice.
+            with contextlib.suppress(ComfyUIUnavailable):
+                if self.api.queue_state(job_id) or self.api.history(job_id) is not None:
+                    return
+            raise
+
+    def _upload(self, inputs: Sequence[InputFile]) -> None:
+        for item in inputs:
+            name = item.name
+            if not name or safe_basename(name, fallback="") != name:
+                raise WorkflowFormatError(
+                    "an input file name must be a plain file name (letters, digits, . _ + -)",
+                    field=f"inputs[{name!r}]",
+                )
+            result = self.api.upload_image(name, item.data, overwrite=True)
+            if result.get("name") != name or result.get("subfolder"):
+                raise WorkflowFormatError(
+                    f"ComfyUI stored the upload as {result.get('name')!r}, not {name!r}",
+                    field=f"inputs[{name!r}]",
+                )
+
+    # --- outputs ------------------------------------------------------------------------------
+
+    def _collect(self, entry: Mapping[str, Any], job_id: str) -> list[OutputFile]:
+        refs = output_refs(entry, include_temp=self.include_temp)
+        folder = self.work_dir / safe_basename(job_id, fallback="job") if self.work_dir else None
+        return [self._download(i, ref, folder) for i, ref in enumerate(refs)]
+
+    def _download(self, index: int, ref: OutputRef, folder: Path | None) -> OutputFile:
+        local_name = safe_basename(ref.filename)
+        with self.api.view(ref) as resp:
+            length = resp.headers.get("content-length")
+            expected = int(length) if length and length.isdigit() else None
+            content_type = resp.headers.get("content-type")
+            chunks = resp.iter_bytes(defaults.COMFY_DOWNLOAD_CHUNK_BYTES)
+            path: Path | None = None
+            data: bytes | None = None
+            if folder is not None:
+                node = safe_basename(ref.node_id, max_len=16, fallback="node")
+                path, sha, size = save_stream(
+                    folder, f"{node}_{local_name}", chunks, expected_size=expected
+                )
+            else:
+                data, sha, size = _read_all(chunks)
+                if expected is not None and size != expected:
+                    raise OutputIntegrityError(
+                        f"{local_name}: ComfyUI announced {expected} bytes but sent {size}"
+                    )
+        return OutputFile(
+            index=index,
+            node_id=ref.node_id,
+            filename=local_name,
+            subfolder=ref.subfolder,
+            type=ref.type,
+            kind=ref.kind,
+            mime=guess_mime(ref.filename, content_type),
+            size=size,
+            sha256=sha,
+            path=path,
+            data=data,
+        )
+
+    def _delete_from_comfy(self, entry: Mapping[str, Any]) -> None:
+        """Remove collected files from ComfyUI's output folder, never anything outside it."""
+        assert self.comfy_output_dir is not None
+        root = self.comfy_output_dir.resolve()
+        for ref in output_refs(entry, include_temp=False):
+            if ref.type != "output":
+                continue
+            candidate = (root / ref.subfolder / ref.filename).resolve()
+            if candidate == root or not candidate.is_relative_to(root):
+                continue  # a hostile or odd name: leave it alone
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+                candidate.unlink()
+
+    # --- errors -------------------------------------------------------------------------------
+
+    def _explain(self, exc: ComfyUIUnavailable) -> ComfyUIUnavailable:
+        """Prefer "the process died (exit code, log tail)" over a bare connection error."""
+        if self.process is not None:
+            try:
+                self.process.check_alive()
+            except ComfyUIUnavailable as dead:
+                return dead
+        return exc
+
+
+def _read_all(chunks: Iterator[bytes]) -> tuple[bytes, str, int]:
+    buf = io.BytesIO()
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        buf.write(chunk)
+        digest.update(chunk)
+    data = buf.getvalue()
+    return data, digest.hexdigest(), len(data)
+
+
+def _safe_emitter(cb: ProgressCallback | None) -> Callable[[Progress], None]:
+    """Progress callbacks must not break a job; a failing one is switched off."""
+    state = {"on": cb is not None}
+
+    def emit(p: Progress) -> None:
+        if cb is None or not state["on"]:
+            return
+        try:
+            cb(p)
+        except Exception:
+            state["on"] = False
+
+    return emit
+
+
+__all__ = [
+    "ComfyRunner",
+    "InputFile",
+    "OutputFile",
+    "Progress",
+    "RunResult",
+    "guess_mime",
+    "uncache_sinks",
+]
