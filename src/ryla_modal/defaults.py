@@ -52,3 +52,4 @@ MODAL_LOGS_KEEP_LINES = 10_000  # lines `logs()` keeps in its result (the callba
 MODAL_RETRIES = 2  # extra attempts for transient failures (connect errors, UNAVAILABLE)
 MODAL_RETRY_WAIT_MAX_S = 4.0  # cap of one backoff wait; the overall deadline caps them all
 MODAL_RETRY_WAIT_MULTIPLIER_S = 0.5
+DEFAULT_APP_FILE = "modal_apps/comfyui_app.py"  # what `ryla deploy` deploys without an argument

@@ -1,9 +1,362 @@
-"""`ryla logs`, `ryla apps`, `ryla stop`, `ryla deploy`: the modal CLI under hard deadlines."""
+"""`ryla logs`, `ryla apps`, `ryla stop`, `ryla deploy`: the modal CLI under hard deadlines.
+
+Thin glue: parse options, call :mod:`ryla_modal.deploy.modal_cli`, print.  Data (log lines, app
+rows, URLs) goes to stdout as plain text or JSON; notes, build output and errors go to stderr.
+The library is imported inside each command so ``ryla --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
 import typer
+
+from ryla_modal import defaults
+from ryla_modal.errors import EXIT_TIMEOUT, EXIT_USAGE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ryla_modal.deploy.modal_cli import LogsResult
+
+# `ryla logs APP | head` closes our stdout early: leave quietly, the way a killed pipe writer does.
+_EXIT_BROKEN_PIPE = 141
+
+_ENV_HELP = "Modal environment (default: the profile's)."
+
+LOGS_HELP = f"""Print an app's recent logs, or follow them, and always return by the deadline.
+
+Lines are printed as they arrive.  Without --follow, `ryla logs` fetches the recent entries and
+exits 0; if the deadline passes first it prints what arrived and exits {EXIT_TIMEOUT}.  With
+--follow it streams until --timeout, which is the normal way a follow ends: exit 0 once lines
+have arrived, {EXIT_TIMEOUT} if none did.  Transient failures (could not connect, UNAVAILABLE) are
+retried inside the same --timeout; an unknown app (exit 1) or a bad token (exit 5) are not.
+
+--json prints one JSON object per line: {{"type": "line", "line": "..."}} for each log line,
+then {{"type": "end", "app", "lines", "timed_out", "follow", "attempts"}}.
+"""
+
+LOGS_EXAMPLES = """Examples:
+
+  ryla logs ryla-comfyui --timeout 30
+
+  ryla logs ryla-comfyui --since 1h --search error
+
+  ryla logs ryla-comfyui --follow --timeout 600
+
+  ryla logs ryla-comfyui --tail 50 --json | jq -r 'select(.type=="line").line'
+"""
+
+APPS_HELP = """List the Modal apps (running, deployed or recently stopped).
+"""
+
+APPS_EXAMPLES = """Examples:
+
+  ryla apps
+
+  ryla apps --json --env dev
+"""
+
+STOP_HELP = """Stop a deployed app and its running containers.
+
+Asks for confirmation on a terminal; elsewhere pass --yes.  Stopping an app that is already
+stopped succeeds with a note.
+"""
+
+STOP_EXAMPLES = """Examples:
+
+  ryla stop ryla-comfyui
+
+  ryla stop ryla-comfyui --yes
+"""
+
+DEPLOY_HELP = f"""Deploy the Modal app and record its endpoint for `ryla generate`.
+
+Streams the build output (stderr) and prints each web endpoint as `NAME URL` (stdout) at the
+end.  The endpoint is saved in the user config ($RYLA_CONFIG_DIR/config.toml, else
+~/.config/ryla/config.toml), so later commands find it without RYLA_ENDPOINT.
+
+APP_FILE defaults to {defaults.DEFAULT_APP_FILE}.
+"""
+
+DEPLOY_EXAMPLES = """Examples:
+
+  ryla deploy
+
+  ryla deploy modal_apps/comfyui_app.py --name ryla-comfyui --env dev
+
+  ryla deploy --json
+"""
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+    for name, func, text, examples in (
+        ("logs", logs_cmd, LOGS_HELP, LOGS_EXAMPLES),
+        ("apps", apps_cmd, APPS_HELP, APPS_EXAMPLES),
+        ("stop", stop_cmd, STOP_HELP, STOP_EXAMPLES),
+        ("deploy", deploy_cmd, DEPLOY_HELP, DEPLOY_EXAMPLES),
+    ):
+        app.command(name, help=_reflow(text), epilog=examples)(func)
+
+
+def _reflow(text: str) -> str:
+    """One line per paragraph: the help renderer keeps single newlines as hard breaks."""
+    return "\n\n".join(" ".join(p.split()) for p in text.strip().split("\n\n"))
+
+
+# --- ryla logs ------------------------------------------------------------------------------------
+
+
+def logs_cmd(
+    app_name: str | None = typer.Argument(
+        None,
+        metavar="APP",
+        help="App name or id (default: RYLA_APP, the last deploy, ryla-comfyui).",
+    ),
+    timeout: float = typer.Option(
+        defaults.MODAL_LOGS_TIMEOUT_S, "--timeout", "-t", min=0.1, help="Hard deadline in seconds."
+    ),
+    tail: int | None = typer.Option(None, "--tail", "-n", min=1, help="The last N entries."),
+    since: str | None = typer.Option(None, "--since", help="Start: '1h', '2d' or ISO 8601."),
+    until: str | None = typer.Option(None, "--until", help="End: same forms as --since."),
+    search: str | None = typer.Option(None, "--search", help="Only lines containing TEXT."),
+    function_call: str | None = typer.Option(
+        None, "--function-call", help="Only this FunctionCall (fc-…)."
+    ),
+    container: str | None = typer.Option(None, "--container", help="Only this container (ta-…)."),
+    source: str | None = typer.Option(None, "--source", help="stdout, stderr or system."),
+    timestamps: bool = typer.Option(False, "--timestamps", help="Prefix each line with its time."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Stream until --timeout."),
+    retries: int = typer.Option(
+        defaults.MODAL_RETRIES, "--retries", min=0, help="Extra attempts for transient failures."
+    ),
+    environment: str | None = typer.Option(None, "--env", "-e", help=_ENV_HELP),
+    as_json: bool = typer.Option(False, "--json", help="NDJSON on stdout (see above)."),
+) -> int:
+    if follow and (since or until or tail is not None):
+        raise typer.BadParameter("--follow cannot be combined with --since, --until or --tail")
+    if source is not None and source not in ("stdout", "stderr", "system"):
+        raise typer.BadParameter(
+            f"must be stdout, stderr or system, not {source!r}", param_hint="--source"
+        )
+    from ryla_modal.deploy.modal_cli import ModalCLI
+
+    app_name = app_name or _default_app()
+
+    def on_line(stream: str, line: str) -> None:
+        if stream != "stdout":
+            return  # modal's own messages: shown at the end or inside the error
+        if as_json:
+            sys.stdout.write(json.dumps({"type": "line", "line": line}, ensure_ascii=False) + "\n")
+        else:
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    try:
+        result = ModalCLI(retries=retries).logs(
+            app_name,
+            timeout=timeout,
+            tail=tail,
+            since=since,
+            until=until,
+            search=search,
+            function_call=function_call,
+            container=container,
+            source=source,
+            timestamps=timestamps,
+            follow=follow,
+            environment=environment,
+            on_line=on_line,
+        )
+    except BrokenPipeError:
+        return _broken_pipe()
+    for message in result.messages:
+        _note(message)
+    if as_json:
+        _print_json(_logs_end(result))
+    return _logs_exit(result, timeout)
+
+
+def _logs_exit(result: LogsResult, timeout: float) -> int:
+    if not result.timed_out:
+        return 0
+    if not result.lines:
+        _note(
+            f"no log lines arrived within {timeout:g}s: the app may have had no recent activity"
+            " (try --since 1d), or Modal did not answer"
+        )
+        return EXIT_TIMEOUT
+    if result.follow:
+        _note(f"stopped following after {timeout:g}s (--timeout)")
+        return 0
+    _note(f"stopped at the {timeout:g}s deadline: the lines above may be incomplete")
+    return EXIT_TIMEOUT
+
+
+def _logs_end(result: LogsResult) -> dict[str, Any]:
+    return {
+        "type": "end",
+        "app": result.app,
+        "lines": len(result.lines),
+        "timed_out": result.timed_out,
+        "follow": result.follow,
+        "attempts": result.attempts,
+    }
+
+
+# --- ryla apps ------------------------------------------------------------------------------------
+
+
+def apps_cmd(
+    environment: str | None = typer.Option(None, "--env", "-e", help=_ENV_HELP),
+    timeout: float = typer.Option(
+        defaults.MODAL_COMMAND_TIMEOUT_S,
+        "--timeout",
+        "-t",
+        min=0.1,
+        help="Hard deadline in seconds.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="A JSON list on stdout."),
+) -> int:
+    from ryla_modal.deploy.modal_cli import ModalCLI
+
+    rows = ModalCLI().apps(environment=environment, timeout=timeout)
+    if as_json:
+        _print_json(
+            [
+                {
+                    "app_id": r.app_id,
+                    "name": r.name,
+                    "state": r.state,
+                    "tasks": r.tasks,
+                    "created_at": r.created_at,
+                    "stopped_at": r.stopped_at,
+                }
+                for r in rows
+            ]
+        )
+        return 0
+    if not rows:
+        _note("no apps")
+        return 0
+    table = [("NAME", "STATE", "TASKS", "APP ID", "CREATED")]
+    table += [(r.name, r.state, str(r.tasks), r.app_id, r.created_at) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+# --- ryla stop ------------------------------------------------------------------------------------
+
+
+def stop_cmd(
+    app_name: str = typer.Argument(..., metavar="APP", help="App name or id."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    environment: str | None = typer.Option(None, "--env", "-e", help=_ENV_HELP),
+    timeout: float = typer.Option(
+        defaults.MODAL_COMMAND_TIMEOUT_S,
+        "--timeout",
+        "-t",
+        min=0.1,
+        help="Hard deadline in seconds.",
+    ),
+) -> int:
+    if not yes:
+        if not sys.stdin.isatty():
+            _note(f"refusing to stop {app_name!r} without confirmation: pass --yes")
+            return EXIT_USAGE
+        if not typer.confirm(f"Stop app {app_name!r} and its running containers?", err=True):
+            _note("not stopped")
+            return 1
+    from ryla_modal.deploy.modal_cli import ModalCLI
+
+    result = ModalCLI().stop(app_name, environment=environment, timeout=timeout)
+    if result.already_stopped:
+        _note(f"{app_name} was already stopped" + (f": {result.message}" if result.message else ""))
+    else:
+        _note(f"stopped {app_name}")
+    return 0
+
+
+# --- ryla deploy ----------------------------------------------------------------------------------
+
+
+def deploy_cmd(
+    app_file: str = typer.Argument(
+        defaults.DEFAULT_APP_FILE, metavar="APP_FILE", help="The Modal app to deploy."
+    ),
+    name: str | None = typer.Option(None, "--name", help="Deployment name (default: the app's)."),
+    environment: str | None = typer.Option(None, "--env", "-e", help=_ENV_HELP),
+    timeout: float = typer.Option(
+        defaults.MODAL_DEPLOY_TIMEOUT_S, "--timeout", "-t", min=1, help="Hard deadline in seconds."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout at the end."),
+) -> int:
+    from ryla_modal.config import record_deployment
+    from ryla_modal.deploy.modal_cli import ModalCLI
+
+    def on_line(stream: str, line: str) -> None:
+        sys.stderr.write(line + "\n")  # build output is for people: stdout is kept for the URLs
+        sys.stderr.flush()
+
+    result = ModalCLI().deploy(
+        app_file, name=name, environment=environment, timeout=timeout, on_line=on_line
+    )
+    config_path = None
+    if result.app:
+        config_path = record_deployment(
+            result.app, result.endpoint_url, result.urls, app_page_url=result.app_page_url
+        )
+    else:
+        _note("could not tell the deployed app's name from modal's output: nothing recorded")
+    if as_json:
+        _print_json(
+            {
+                "app": result.app,
+                "endpoint": result.endpoint_url,
+                "urls": result.urls,
+                "app_page_url": result.app_page_url,
+                "config_path": str(config_path) if config_path else None,
+            }
+        )
+        return 0
+    if not result.urls:
+        _note("the app has no web endpoints")
+    for function, url in result.urls.items():
+        print(f"{function} {url}")
+    if config_path is not None and result.endpoint_url:
+        _note(f"endpoint {result.endpoint_url} recorded in {config_path}")
+    return 0
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _default_app() -> str:
+    """RYLA_APP, else the app of the last `ryla deploy`, else the default name."""
+    if os.environ.get("RYLA_APP"):
+        return os.environ["RYLA_APP"]
+    from ryla_modal.config import read_user_config
+
+    recorded = read_user_config().get("app")
+    return recorded if isinstance(recorded, str) and recorded else defaults.DEFAULT_APP_NAME
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _broken_pipe() -> int:
+    # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return _EXIT_BROKEN_PIPE
