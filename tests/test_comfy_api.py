@@ -108,7 +108,9 @@ INTERRUPTED_ENTRY = {
 # transcript 13: a SaveImage in a subfolder plus a PreviewImage (temp)
 SAVE_AND_PREVIEW_ENTRY = {
     "outputs": {
-        "3": {"images": [{"filename": "inv_00001_.png", "subfolder": "proto_up", "type": "output"}]},
+        "3": {
+            "images": [{"filename": "inv_00001_.png", "subfolder": "proto_up", "type": "output"}]
+        },
         "4": {
             "images": [
                 {"filename": "ComfyUI_temp_tacci_00001_.png", "subfolder": "", "type": "temp"}
