@@ -28,9 +28,11 @@ import re
 import tempfile
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ryla_modal import defaults
 from ryla_modal.errors import ConfigError
 
 CONFIG_DIR_ENV = "RYLA_CONFIG_DIR"
@@ -115,6 +117,137 @@ def write_toml_atomic(path: Path, data: Mapping[str, Any]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+# --- client settings --------------------------------------------------------------------------
+# One resolution order for every setting: arguments > RYLA_* env > ./ryla.toml > the user config
+# written by `ryla deploy` > defaults.  Secrets are `SecretStr`: never shown in a repr or a log.
+
+
+class SecretStr:
+    """A string that hides itself from repr/str (pydantic's idea, without importing pydantic)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "SecretStr('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretStr) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+PROJECT_CONFIG_NAME = "ryla.toml"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Everything a client needs, already resolved."""
+
+    endpoint: str
+    token: SecretStr | None = field(default=None, repr=False)
+    modal_key: SecretStr | None = field(default=None, repr=False)
+    modal_secret: SecretStr | None = field(default=None, repr=False)
+    app: str = defaults.DEFAULT_APP_NAME
+    cold_start_timeout: float | None = defaults.COLD_START_TIMEOUT_S
+    execution_timeout: float | None = defaults.EXECUTION_TIMEOUT_S
+    request_budget_s: float | None = defaults.REQUEST_BUDGET_S
+
+
+def read_project_config(cwd: Path | None = None) -> dict[str, Any]:
+    """``./ryla.toml`` as a dict (``{}`` when absent)."""
+    path = (cwd or Path.cwd()) / PROJECT_CONFIG_NAME
+    return read_user_config(path)
+
+
+def _pick(name: str, explicit: Any, env: Mapping[str, str], *tables: Mapping[str, Any]) -> Any:
+    if explicit is not None:
+        return explicit
+    env_value = env.get(f"RYLA_{name.upper()}")
+    if env_value:
+        return env_value
+    for table in tables:
+        value = table.get(name)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def _seconds(name: str, value: Any, default: float | None) -> float | None:
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from exc
+    if seconds <= 0:
+        raise ConfigError(f"{name} must be positive, not {value!r}")
+    return seconds
+
+
+def resolve_client_settings(
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    modal_key: str | None = None,
+    modal_secret: str | None = None,
+    cold_start_timeout: float | None = None,
+    execution_timeout: float | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    user_config: Path | None = None,
+) -> ClientSettings:
+    """Resolve the client's settings; raise `ConfigError` naming what is missing."""
+    env = os.environ if environ is None else environ
+    project = read_project_config(cwd)
+    user = read_user_config(user_config or user_config_path(env))
+    url = _pick("endpoint", endpoint, env, project, user)
+    if not url:
+        raise ConfigError(
+            "no endpoint configured",
+            hint="run `ryla deploy`, or pass --endpoint URL, or set RYLA_ENDPOINT",
+        )
+    url = str(url).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"endpoint {url!r} is not an http(s) URL")
+
+    def secret(name: str, explicit: str | None) -> SecretStr | None:
+        value = _pick(name, explicit, env, project, user)
+        return SecretStr(str(value)) if value else None
+
+    key, sec = secret("modal_key", modal_key), secret("modal_secret", modal_secret)
+    if (key is None) != (sec is None):
+        raise ConfigError(
+            "Modal proxy auth needs both a key and a secret",
+            hint="set both RYLA_MODAL_KEY and RYLA_MODAL_SECRET",
+        )
+    return ClientSettings(
+        endpoint=url,
+        token=secret("token", token),
+        modal_key=key,
+        modal_secret=sec,
+        app=str(_pick("app", None, env, project, user) or defaults.DEFAULT_APP_NAME),
+        cold_start_timeout=_seconds(
+            "cold_start_timeout",
+            _pick("cold_start_timeout", cold_start_timeout, env, project, user),
+            defaults.COLD_START_TIMEOUT_S,
+        ),
+        execution_timeout=_seconds(
+            "execution_timeout",
+            _pick("execution_timeout", execution_timeout, env, project, user),
+            defaults.EXECUTION_TIMEOUT_S,
+        ),
+    )
 
 
 # --- a minimal TOML writer ------------------------------------------------------------------------

@@ -14,6 +14,8 @@ LONG_POLL_WAIT_S = 20
 LONG_POLL_MAX_S = 25
 RETRY_AFTER_CAP_S = 120.0
 RETRY_MAX_ATTEMPTS = 6
+# One request, all its retries included, gives up after this long.
+REQUEST_BUDGET_S = 120.0
 RETRY_INITIAL_DELAY_S = 0.5
 RETRY_MAX_DELAY_S = 8.0
 
