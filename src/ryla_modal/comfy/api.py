@@ -364,7 +364,10 @@ class ComfyAPI:
         """Open /ws for ``client_id``; raises SocketClosed when it cannot be opened."""
         from websockets.sync.client import connect
 
+        stack = contextlib.ExitStack()
         try:
+            # Entered as a context manager: websockets >= 17 warns about bare connect() calls,
+            # and its ``legacy`` flag does not exist in the older releases we accept.
             conn = connect(
                 self.ws_url(client_id),
                 open_timeout=open_timeout,
@@ -373,18 +376,20 @@ class ComfyAPI:
                 max_size=defaults.COMFY_WS_MAX_FRAME_BYTES,
                 compression=None,
             )
+            connection = stack.enter_context(conn)
         except (OSError, TimeoutError, ValueError) as exc:
             raise SocketClosed(f"cannot open {self.ws_url(client_id)}: {exc!r}") from exc
         except Exception as exc:  # websockets' own handshake errors (InvalidStatus, ...)
             raise SocketClosed(f"cannot open {self.ws_url(client_id)}: {exc!r}") from exc
-        return EventSocket(conn)
+        return EventSocket(connection, stack)
 
 
 class EventSocket:
     """ComfyUI's event stream: JSON messages only; binary preview frames are dropped."""
 
-    def __init__(self, conn: ClientConnection) -> None:
+    def __init__(self, conn: ClientConnection, closer: contextlib.ExitStack) -> None:
         self._conn = conn
+        self._closer = closer
 
     def recv(self, timeout: float) -> dict[str, Any] | None:
         """The next JSON message, or None if none came within ``timeout``; SocketClosed if gone."""
@@ -412,7 +417,7 @@ class EventSocket:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self._conn.close()
+            self._closer.close()
 
 
 # --- waiting for one prompt ---------------------------------------------------------------------
