@@ -356,6 +356,22 @@ def test_deploy_with_a_missing_secret_fails_naming_it(
     assert "AppClientDisconnect" in fake.call_names()
 
 
+def test_deploy_streams_image_build_logs_and_reports_a_failed_build(
+    fake: FakeModalControl, env: dict[str, str], tmp_path: Path
+) -> None:
+    fake.image_build = "build"
+    fake.image_build_logs = ["pip install fastapi", "image ok"]
+    built = run_modal(env, "deploy", str(HELLO_APP), cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    assert "pip install fastapi" in built.stdout.splitlines()
+    assert "ImageJoinStreaming" in fake.call_names()
+
+    fake.image_build = "fail"
+    failed = run_modal(env, "deploy", str(HELLO_APP), cwd=tmp_path)
+    assert failed.returncode == 1
+    assert "fake image build failed" in failed.stderr
+
+
 def test_unavailable_mode_fails_after_the_clis_retries_and_can_be_switched_back(
     fake: FakeModalControl, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -382,6 +398,35 @@ def test_close_mode_drops_connections(
     assert "Connection lost" in result.stderr
     assert fake.closed_connections >= 1
     assert fake.calls == []
+
+
+def test_close_mode_mid_follow_makes_the_cli_reconnect_forever(
+    fake: FakeModalControl, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Evidence for the wrapper's deadline: a cut `-f` stream never ends the CLI by itself."""
+    fake.add_app("ryla-comfyui", logs=["booting"])
+    proc = subprocess.Popen(
+        [MODAL, "app", "logs", "ryla-comfyui", "-f"],
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "booting\n"  # bounded by pytest-timeout
+        fake.mode = "close"
+        deadline = time.monotonic() + CLI_DEADLINE_S
+        while fake.closed_connections < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fake.closed_connections >= 5  # it keeps coming back...
+        assert proc.poll() is None  # ...and does not give up
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
 
 def test_close_mode_from_construction(tmp_path: Path) -> None:

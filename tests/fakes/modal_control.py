@@ -25,7 +25,12 @@ asks TaskList, prints the question and exits 1: "Aborted: no interactive termina
 `deploy`: AppGetByDeploymentName, AppCreate (or AppGetLayout on a redeploy),
 EnvironmentGetOrCreate, FunctionPrecreate, AppHeartbeat, Secret/Volume/Dict/MountGetOrCreate,
 ImageGetOrCreate (already built), MountBatchedCheckExistence (every file exists),
-FunctionCreate, ClassCreate, AppPublish. What a deploy declared is kept in `deployed[app_name]`.
+FunctionCreate, ClassCreate, AppPublish. What a deploy declared is kept in `deployed[app_name]`
+(`functions`: name -> FunctionCreateRequest, see `function_definition()`; `classes`; `publish`;
+`web_urls`; `object_names` maps the Volume/Secret ids in a request back to their names).
+Switches: `missing_secrets` (SecretGetOrCreate answers NOT_FOUND, as Modal does for a Secret
+that does not exist), `image_build` ("cached"; "build" streams `image_build_logs` through
+ImageJoinStreaming, which the CLI prints; "fail" ends the build with an exception).
 
 Modes, and what the real CLI (modal 1.6.4) did against each, measured on a 2-core machine:
 - "unavailable": every RPC answers UNAVAILABLE. Unary RPCs are retried 3 times with backoff,
@@ -360,25 +365,43 @@ class _Servicer(api_grpc.ModalClientBase):
 
     async def ImageGetOrCreate(self, stream: Any) -> None:
         await stream.recv_message()
-        # An image that is already built: the client need not join a build stream.
+        resp = api_pb2.ImageGetOrCreateResponse(image_id=new_id("im"))
+        if self._c.image_build == "cached":
+            # Already built: the client need not join a build stream.
+            resp.result.status = api_pb2.GenericResult.GENERIC_STATUS_SUCCESS
+            resp.metadata.CopyFrom(self._image_metadata())
+        await stream.send_message(resp)
+
+    async def ImageJoinStreaming(self, stream: Any) -> None:
+        req = await stream.recv_message()
+        for i, line in enumerate(self._c.image_build_logs):
+            await stream.send_message(
+                api_pb2.ImageJoinStreamingResponse(
+                    task_logs=[
+                        api_pb2.TaskLogs(
+                            data=line + "\n",
+                            timestamp=time.time(),
+                            file_descriptor=api_pb2.FILE_DESCRIPTOR_STDOUT,
+                        )
+                    ],
+                    entry_id=f"{req.image_id}-{i}",
+                )
+            )
+        result = api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS)
+        if self._c.image_build == "fail":
+            result = api_pb2.GenericResult(
+                status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE,
+                exception="RuntimeError: fake image build failed",
+            )
         await stream.send_message(
-            api_pb2.ImageGetOrCreateResponse(
-                image_id=new_id("im"),
-                result=api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS),
-                metadata=api_pb2.ImageMetadata(
-                    python_version_info="3.11.9",
-                    image_builder_version=self._c.image_builder_version,
-                ),
+            api_pb2.ImageJoinStreamingResponse(
+                result=result, metadata=self._image_metadata(), eof=True
             )
         )
 
-    async def ImageJoinStreaming(self, stream: Any) -> None:
-        await stream.recv_message()
-        await stream.send_message(
-            api_pb2.ImageJoinStreamingResponse(
-                result=api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS),
-                eof=True,
-            )
+    def _image_metadata(self) -> Any:
+        return api_pb2.ImageMetadata(
+            python_version_info="3.11.9", image_builder_version=self._c.image_builder_version
         )
 
     async def SecretGetOrCreate(self, stream: Any) -> None:
@@ -639,6 +662,8 @@ class FakeModalControl:
         self.object_names: dict[str, str] = {}
         self.missing_secrets: set[str] = set()
         self.image_builder_version = "2025.06"
+        self.image_build = "cached"  # "cached" | "build" (stream logs, succeed) | "fail"
+        self.image_build_logs = ["Step 1/1: building fake image", "Built fake image"]
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -687,6 +712,9 @@ class FakeModalControl:
     def stop(self) -> None:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
+            return
+        if loop.is_closed() or not thread.is_alive():  # start() failed half-way
+            self._thread = self._loop = None
             return
 
         async def shutdown() -> None:
