@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -19,6 +20,29 @@ from ryla_modal.errors import EXIT_TIMEOUT, EXIT_USAGE
 
 if TYPE_CHECKING:  # pragma: no cover
     from ryla_modal.deploy.modal_cli import LogsResult
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux /proc), or 0.0 when that cannot be told.
+
+    Only a fresh process counts: if we were imported into a long-running one (a script calling
+    ``main()``), its age says nothing about this command, so anything over a few seconds is
+    ignored.
+    """
+    try:
+        with open("/proc/self/stat", encoding="ascii", errors="replace") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return age if 0.0 <= age < 5.0 else 0.0
+
+
+# A deadline counts from when the user started `ryla`, not from when modal started: the
+# interpreter and typer take a few hundred milliseconds before any command runs.
+_STARTED = time.monotonic() - _process_age()
 
 # `ryla logs APP | head` closes our stdout early: leave quietly, the way a killed pipe writer does.
 _EXIT_BROKEN_PIPE = 141
@@ -157,7 +181,7 @@ def logs_cmd(
     try:
         result = ModalCLI(retries=retries).logs(
             app_name,
-            timeout=timeout,
+            timeout=_budget(timeout),
             tail=tail,
             since=since,
             until=until,
@@ -222,7 +246,7 @@ def apps_cmd(
 ) -> int:
     from ryla_modal.deploy.modal_cli import ModalCLI
 
-    rows = ModalCLI().apps(environment=environment, timeout=timeout)
+    rows = ModalCLI().apps(environment=environment, timeout=_budget(timeout))
     if as_json:
         _print_json(
             [
@@ -273,7 +297,7 @@ def stop_cmd(
             return 1
     from ryla_modal.deploy.modal_cli import ModalCLI
 
-    result = ModalCLI().stop(app_name, environment=environment, timeout=timeout)
+    result = ModalCLI().stop(app_name, environment=environment, timeout=_budget(timeout))
     if result.already_stopped:
         _note(f"{app_name} was already stopped" + (f": {result.message}" if result.message else ""))
     else:
@@ -303,7 +327,7 @@ def deploy_cmd(
         sys.stderr.flush()
 
     result = ModalCLI().deploy(
-        app_file, name=name, environment=environment, timeout=timeout, on_line=on_line
+        app_file, name=name, environment=environment, timeout=_budget(timeout), on_line=on_line
     )
     config_path = None
     if result.app:
@@ -333,6 +357,11 @@ def deploy_cmd(
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+
+def _budget(timeout: float) -> float:
+    """What is left of ``--timeout`` after our own start-up (never less than a sliver)."""
+    return max(0.1, timeout - (time.monotonic() - _STARTED))
 
 
 def _default_app() -> str:
