@@ -25,6 +25,9 @@ app = typer.Typer(
         "  ryla logs ryla-comfyui --timeout 30"
     ),
     no_args_is_help=True,
+    # Plain click help: rendering it through rich costs ~0.14 s of a 0.21 s `ryla --help`
+    # (bench/startup.py), and plain text pipes cleanly.
+    rich_markup_mode=None,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
