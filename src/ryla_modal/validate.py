@@ -560,27 +560,33 @@ class _Checker:
                 info,
                 "KeyError",
                 _short(repr(target)),
-                f"{name}: the linked node {_short(target)} does not exist{hint}",
+                f"{name}: the linked node {_short(repr(target))} does not exist{hint}",
             )
         outputs = self.class_defs[target].get("output")
         outputs = outputs if isinstance(outputs, list) else []
         target_class = target_node["class_type"]
-        if not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot < len(outputs):
-            exc_type = "IndexError" if isinstance(slot, int) else "TypeError"
+        if not isinstance(slot, int) or isinstance(slot, bool):
             return self._link_error(
                 node_id,
                 name,
                 val,
                 info,
-                exc_type,
-                "tuple index out of range"
-                if exc_type == "IndexError"
-                else "tuple indices must be integers or slices",
-                f"{name}: node {target} ({target_class}) has no output {_short(slot)} "
-                f"(it has {len(outputs)} output{'s' if len(outputs) != 1 else ''}: "
-                f"slots 0..{len(outputs) - 1})"
-                if outputs
-                else f"{name}: node {target} ({target_class}) has no outputs to link from",
+                "TypeError",
+                "tuple indices must be integers or slices",
+                f"{name}: the output slot of a link must be an integer, got {_short(repr(slot))}",
+            )
+        if not 0 <= slot < len(outputs):
+            count = f"{len(outputs)} output{'s' if len(outputs) != 1 else ''}"
+            if outputs:
+                count += f": slots 0..{len(outputs) - 1}"
+            return self._link_error(
+                node_id,
+                name,
+                val,
+                info,
+                "IndexError",
+                "tuple index out of range",
+                f"{name}: node {target} ({target_class}) has no output {slot} (it has {count})",
             )
         received = outputs[slot]
         if class_type in INPUT_TYPES_VALIDATED or types_compatible(received, input_type):
