@@ -30,6 +30,9 @@ Where we knowingly differ from 0.3.64:
   report a Python ``KeyError``/``IndexError`` with a traceback; we report the same error ``type``
   (``exception_during_inner_validation``, or ``exception_during_validation`` on an output node)
   with a sentence naming the input, the node and the slot, and an empty ``traceback``.
+- A link's slot must be an integer from 0 to the last output; ComfyUI's ``RETURN_TYPES[slot]``
+  would also take ``-1`` or ``true``.  A top-level ``invalid_prompt`` also names the node in
+  ``extra_info`` (``node_id``, ``class_type``), as later ComfyUI releases do; 0.3.64 left it empty.
 - ComfyUI stops at the first bad link and does not look past a mismatched link; we report every
   problem of every node an output depends on, so one round trip shows them all.
 - ``COMBO`` inputs with ``options`` (the newer node API) are checked against their options, as
@@ -62,6 +65,7 @@ from ryla_modal.errors import ConfigError, WorkflowValidationError
 
 __all__ = [
     "CUSTOM_VALIDATED_INPUTS",
+    "INPUT_TYPES_VALIDATED",
     "MODEL_FOLDER_ALIASES",
     "MODEL_LIST_INPUTS",
     "MODEL_LIST_INPUTS_BY_NAME",
