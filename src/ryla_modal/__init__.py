@@ -29,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "WorkflowError": "ryla_modal.errors",
     "WorkflowFormatError": "ryla_modal.errors",
     "WorkflowValidationError": "ryla_modal.errors",
+    "Workflow": "ryla_modal.workflow",
+    "load_workflow": "ryla_modal.workflow",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -52,6 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         WorkflowFormatError,
         WorkflowValidationError,
     )
+    from ryla_modal.workflow import Workflow, load_workflow  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:
