@@ -289,3 +289,60 @@ def test_ws_url_follows_the_base_url() -> None:
         assert api.ws_url("abc") == "ws://127.0.0.1:8188/ws?clientId=abc"
     with ComfyAPI("https://x.example/comfy") as api:
         assert api.ws_url("a b") == "wss://x.example/comfy/ws?clientId=a%20b"
+
+
+def test_event_socket_skips_preview_frames_and_junk_then_reports_the_close() -> None:
+    """Binary previews (types 1 and 4, transcripts 21/22) and odd text never reach the caller."""
+    import json
+    import struct
+    import threading
+
+    from websockets.sync.server import ServerConnection, serve
+
+    from ryla_modal.comfy.api import SocketClosed
+
+    progress = {"type": "progress", "data": {"value": 1, "max": 3, "prompt_id": "p", "node": "3"}}
+    release = threading.Event()
+    seen_paths: list[str] = []
+
+    def handler(conn: ServerConnection) -> None:
+        assert conn.request is not None
+        seen_paths.append(conn.request.path)
+        conn.send(json.dumps({"type": "status", "data": {"sid": "abc"}}))
+        conn.send(struct.pack(">II", 1, 1) + b"\xff\xd8\xff\xe0jpeg")  # legacy preview
+        meta = json.dumps({"node_id": "3", "prompt_id": "p", "image_type": "image/jpeg"}).encode()
+        conn.send(struct.pack(">II", 4, len(meta)) + meta + b"\xff\xd8jpeg")  # with metadata
+        conn.send("not json")
+        conn.send("[1, 2, 3]")
+        conn.send(json.dumps(progress))
+        release.wait(10)  # hold the socket open until the client has timed out once
+
+    with serve(handler, "127.0.0.1", 0) as server:
+        port = server.socket.getsockname()[1]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        with ComfyAPI(f"http://127.0.0.1:{port}") as api:
+            sock = api.open_events("abc")
+            try:
+                first = sock.recv(5)
+                assert first is not None and first["type"] == "status"
+                assert sock.recv(5) == progress
+                assert sock.recv(0.2) is None  # nothing more: a timeout, not an error
+                release.set()
+                with pytest.raises(SocketClosed):
+                    sock.recv(5)
+            finally:
+                sock.close()
+        server.shutdown()
+    assert seen_paths == ["/ws?clientId=abc"]
+
+
+def test_open_events_on_a_closed_port_is_socket_closed() -> None:
+    import socket
+
+    from ryla_modal.comfy.api import SocketClosed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with ComfyAPI(f"http://127.0.0.1:{port}") as api, pytest.raises(SocketClosed):
+        api.open_events("x", open_timeout=2)

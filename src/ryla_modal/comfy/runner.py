@@ -40,6 +40,7 @@ from ryla_modal.comfy.api import (
 from ryla_modal.comfy.process import ComfyProcess
 from ryla_modal.errors import (
     ComfyUIUnavailable,
+    JobCancelled,
     OutputIntegrityError,
     WorkflowFormatError,
 )
@@ -352,6 +353,8 @@ class ComfyRunner:
             self._upload(inputs)
         timings["uploading_inputs"] = time.monotonic() - t0
 
+        if cancel is not None and cancel.is_set():
+            raise JobCancelled(f"job {job_id} was cancelled before it was submitted", job_id=job_id)
         prompt = uncache_sinks(workflow, job_id) if self.delete_outputs else dict(workflow)
         client_id = uuid.uuid4().hex
         socket: EventSocket | None
