@@ -55,3 +55,20 @@ MODAL_RETRIES = 2  # extra attempts for transient failures (connect errors, UNAV
 MODAL_RETRY_WAIT_MAX_S = 4.0  # cap of one backoff wait; the overall deadline caps them all
 MODAL_RETRY_WAIT_MULTIPLIER_S = 0.5
 DEFAULT_APP_FILE = "modal_apps/comfyui_app.py"  # what `ryla deploy` deploys without an argument
+
+# --- the Modal app (modal_apps/comfyui_app.py; each has a RYLA_* variable, see modal_settings) ---
+MODAL_GPU = "L40S"
+COMFYUI_REPO = "https://github.com/Comfy-Org/ComfyUI.git"
+COMFYUI_COMMIT = "a125cd84b054a57729b5eecab930ca9408719832"  # ComfyUI 0.3.64
+MODAL_TORCH_PACKAGES = ("torch", "torchvision", "torchaudio")
+MODAL_MODELS_VOLUME = "ryla-models"
+MODAL_OUTPUTS_VOLUME = "ryla-outputs"
+MODAL_JOBS_DICT = "ryla-jobs"
+MODAL_SCALEDOWN_WINDOW_S = 300
+MODAL_WORKER_MAX_INPUTS = 1  # ComfyUI runs one prompt at a time; more would queue inside it
+MODAL_GATEWAY_MAX_INPUTS = 100
+MODAL_WORKER_TIMEOUT_S = 1800  # one job's wall clock on the GPU (EXECUTION_TIMEOUT_S + slack)
+MODAL_WORKER_STARTUP_TIMEOUT_S = 600  # @modal.enter: ComfyUI start incl. custom nodes
+MODAL_GATEWAY_TIMEOUT_S = 600
+MODAL_DOWNLOAD_TIMEOUT_S = 3600
+MODAL_LOST_JOB_GRACE_S = 30.0  # a FunctionCall done this long without a final state: lost

@@ -1,0 +1,233 @@
+"""modal_apps/comfyui_app.py: imported without a token, deployed with the REAL `modal deploy`.
+
+The deploy goes through `ModalCLI.deploy` (what `ryla deploy` runs) against the control-plane
+stand-in; the assertions read what the CLI declared to it (FunctionCreate, ClassCreate, image
+layers, volumes, secrets), so they check the app as Modal would receive it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from modal_proto import api_pb2
+
+from ryla_modal import defaults, modal_image
+from ryla_modal.deploy.modal_cli import ModalCLI
+from ryla_modal.errors import ModalCLIError
+from ryla_modal.modal_settings import IMAGE_PACKAGES
+from tests.fakes.modal_control import FakeModalControl, function_definition
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_FILE = ROOT / "modal_apps" / "comfyui_app.py"
+DEPLOY_TIMEOUT_S = 45.0
+NODE_REPO = "https://github.com/example/ComfyUI-Example-Nodes.git"
+NODE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+RYLA_ENV = {
+    "RYLA_APP": "ryla-deploy-test",
+    "RYLA_GPU": "a100",
+    "RYLA_SCALEDOWN_WINDOW": "123",
+    "RYLA_WORKER_TIMEOUT": "1800",
+    "RYLA_WORKER_STARTUP_TIMEOUT": "420",
+    "RYLA_MAX_INPUTS": "3",
+    "RYLA_GATEWAY_MAX_INPUTS": "40",
+    "RYLA_MAX_CONTAINERS": "2",
+    "RYLA_SECRETS": "hf-secret",
+    "RYLA_MODELS_VOLUME": "test-models",
+    "RYLA_OUTPUTS_VOLUME": "test-outputs",
+    "RYLA_JOBS_DICT": "test-jobs",
+    "RYLA_CUSTOM_NODES": f"{NODE_REPO}@{NODE_COMMIT}",
+    "RYLA_GATEWAY_TIMEOUT": "300",
+}
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """This environment without any MODAL_* or RYLA_* setting, with an empty HOME."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODAL_", "RYLA_"))}
+    env.update(HOME=str(home), PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeModalControl]:
+    with FakeModalControl() as control:
+        yield control
+    assert control.errors == [], f"the fake itself failed: {control.errors}"
+
+
+def deploy(fake: FakeModalControl, tmp_path: Path, **ryla: str) -> object:
+    env = fake.env(tmp_path / "home")
+    env = {k: v for k, v in env.items() if not k.startswith("RYLA_")}
+    env.update(ryla)
+    return ModalCLI(env=env, retries=0).deploy(APP_FILE, timeout=DEPLOY_TIMEOUT_S, cwd=tmp_path)
+
+
+def test_import_needs_no_modal_token(tmp_path: Path) -> None:
+    code = "import modal_apps.comfyui_app as m; print(m.app.name, m.settings.gpu)"
+    env = clean_env(tmp_path / "home", RYLA_GPU="h100")
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [defaults.DEFAULT_APP_NAME, "H100"]
+    assert not (tmp_path / "home" / ".modal.toml").exists()
+
+
+def test_a_bad_setting_fails_the_import_naming_the_variable(tmp_path: Path) -> None:
+    env = clean_env(tmp_path / "home", RYLA_GPU="A1000")
+    proc = subprocess.run(
+        [sys.executable, "-c", "import modal_apps.comfyui_app"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "RYLA_GPU: 'A1000' is not a Modal GPU type" in proc.stderr
+
+
+def test_deploy_declares_gpu_volumes_secrets_scaling_and_proxy_auth(
+    fake: FakeModalControl, tmp_path: Path
+) -> None:
+    result = deploy(fake, tmp_path, **RYLA_ENV)
+
+    record = fake.deployed["ryla-deploy-test"]
+    assert set(record["functions"]) == {"ComfyWorker.*", "gateway", "download_models"}
+    assert record["publish"].name == "ryla-deploy-test"
+    assert set(record["publish"].class_ids) == {"ComfyWorker"}
+    (class_req,) = record["classes"]
+    assert class_req.app_id == record["app_id"]
+    names = fake.object_names
+
+    worker = function_definition(record["functions"]["ComfyWorker.*"])
+    assert worker.is_class
+    assert set(worker.method_definitions) == {"run"}
+    assert worker.resources.gpu_config.gpu_type == "A100"
+    assert worker.resources.gpu_config.count == 1
+    assert worker.task_idle_timeout_secs == 123
+    assert worker.timeout_secs == 1800
+    assert worker.startup_timeout_secs == 420
+    assert worker.max_concurrent_inputs == 3
+    assert worker.autoscaler_settings.max_containers == 2
+    assert {(m.mount_path, names[m.volume_id]) for m in worker.volume_mounts} == {
+        (modal_image.MODELS_DIR, "test-models"),
+        (modal_image.OUTPUTS_DIR, "test-outputs"),
+    }
+    assert "hf-secret" in [names.get(s) for s in worker.secret_ids]
+
+    gateway = function_definition(record["functions"]["gateway"])
+    assert gateway.webhook_config.type == api_pb2.WEBHOOK_TYPE_ASGI_APP
+    assert gateway.webhook_config.requires_proxy_auth is True
+    assert not gateway.resources.gpu_config.gpu_type
+    assert gateway.max_concurrent_inputs == 40
+    assert gateway.timeout_secs == 300
+    assert {(m.mount_path, names[m.volume_id]) for m in gateway.volume_mounts} == {
+        (modal_image.MODELS_DIR, "test-models"),
+        (modal_image.OUTPUTS_DIR, "test-outputs"),
+    }
+    assert "hf-secret" not in [names.get(s) for s in gateway.secret_ids]  # it needs no token
+    assert result.endpoint_url == record["web_urls"]["gateway"]  # type: ignore[attr-defined]
+
+    download = function_definition(record["functions"]["download_models"])
+    assert not download.resources.gpu_config.gpu_type
+    assert [(m.mount_path, names[m.volume_id]) for m in download.volume_mounts] == [
+        (modal_image.MODELS_DIR, "test-models")
+    ]
+    assert "hf-secret" in [names.get(s) for s in download.secret_ids]
+
+    created = {r.deployment_name: r for r in fake.calls_named("VolumeGetOrCreate")}
+    assert set(created) == {"test-models", "test-outputs"}
+    assert all(
+        r.object_creation_type == api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING
+        for r in created.values()
+    )
+
+
+def test_containers_get_the_deploy_time_settings(fake: FakeModalControl, tmp_path: Path) -> None:
+    """Modal imports the app file again in each container: it must see the same RYLA_* values."""
+    deploy(fake, tmp_path, **RYLA_ENV)
+
+    env_dicts = [dict(r.env_dict) for r in fake.calls_named("SecretGetOrCreate") if r.env_dict]
+    assert env_dicts, "no container environment was declared"
+    for env in env_dicts:
+        for key, value in RYLA_ENV.items():
+            expected = value.upper() if key == "RYLA_GPU" else value
+            assert env[key] == expected, key
+    named = [r.deployment_name for r in fake.calls_named("SecretGetOrCreate") if r.deployment_name]
+    assert set(named) == {"hf-secret"}
+
+
+def test_image_layers_go_from_slow_to_fast_and_our_code_is_not_baked_in(
+    fake: FakeModalControl, tmp_path: Path
+) -> None:
+    deploy(fake, tmp_path, **RYLA_ENV)
+
+    every = [
+        c for req in fake.calls_named("ImageGetOrCreate") for c in req.image.dockerfile_commands
+    ]
+    commands = [c for c in every if c.startswith("RUN")]
+
+    def first(marker: str) -> int:
+        hits = [i for i, cmd in enumerate(commands) if marker in cmd]
+        assert hits, f"no image layer runs {marker!r}: {commands}"
+        return hits[0]
+
+    order = [
+        first("apt-get install"),
+        first("torch"),
+        first(f"git fetch -q --depth 1 origin {defaults.COMFYUI_COMMIT}"),
+        first("fastapi"),
+        first(NODE_COMMIT),
+        first("extra_model_paths.yaml"),
+        first(f"--out {modal_image.OBJECT_INFO_PATH}"),
+    ]
+    assert order == sorted(order), commands
+    copied = [c for c in every if c.startswith(("COPY", "ADD")) and "ryla_modal" in c]
+    assert copied == [], "ryla_modal must come as a mount, after every layer"
+    mounted = [f.filename for req in fake.calls_named("MountGetOrCreate") for f in req.files]
+    assert any(name.endswith("/ryla_modal/modal_settings.py") for name in mounted), mounted
+
+
+def test_a_missing_secret_fails_the_deploy_naming_it(
+    fake: FakeModalControl, tmp_path: Path
+) -> None:
+    fake.missing_secrets.add("hf-secret")
+    with pytest.raises(ModalCLIError) as info:
+        deploy(fake, tmp_path, **RYLA_ENV)
+    assert "hf-secret" in str(info.value)
+    assert fake.calls_named("AppPublish") == []
+
+
+def test_a_bad_setting_fails_the_deploy_before_anything_is_created(
+    fake: FakeModalControl, tmp_path: Path
+) -> None:
+    with pytest.raises(ModalCLIError) as info:
+        deploy(fake, tmp_path, RYLA_SCALEDOWN_WINDOW="1")
+    assert "RYLA_SCALEDOWN_WINDOW" in str(info.value)
+    assert fake.calls_named("FunctionCreate") == []
+
+
+def test_image_packages_cover_the_runtime_dependencies() -> None:
+    """The container imports ryla_modal: every dependency but modal itself must be installed."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+    def name(req: str) -> str:
+        for sep in "[<>=!~ ;":
+            req = req.split(sep, 1)[0]
+        return req.strip().lower().replace("_", "-")
+
+    needed = {name(r) for r in project["dependencies"]} - {"modal"}
+    assert needed <= {name(r) for r in IMAGE_PACKAGES}
