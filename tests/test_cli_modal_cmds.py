@@ -4,6 +4,7 @@ CLI under it, and the local control-plane stand-in behind both."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -284,3 +285,25 @@ def test_logs_help_ends_with_examples() -> None:
     tail = [line.strip() for line in proc.stdout.strip().splitlines() if line.strip()]
     assert tail[-1].startswith("ryla logs")
     assert any(line == "Examples:" for line in tail)
+
+
+def test_ctrl_c_exits_130_and_leaves_nothing(fake: FakeModalControl, env: dict[str, str]) -> None:
+    fake.add_app("hello", logs=["first"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ryla_modal.cli", "logs", "hello", "--follow", "--timeout", "30"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "first\n"  # following now
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert wait_dead(marked_pids(env["RYLA_TEST_MARK"])) == []

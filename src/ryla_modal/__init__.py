@@ -31,11 +31,23 @@ _EXPORTS: dict[str, str] = {
     "WorkflowValidationError": "ryla_modal.errors",
     "Workflow": "ryla_modal.workflow",
     "load_workflow": "ryla_modal.workflow",
+    "AppInfo": "ryla_modal.deploy.modal_cli",
+    "DeployResult": "ryla_modal.deploy.modal_cli",
+    "LogsResult": "ryla_modal.deploy.modal_cli",
+    "ModalCLI": "ryla_modal.deploy.modal_cli",
+    "StopResult": "ryla_modal.deploy.modal_cli",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from ryla_modal.deploy.modal_cli import (  # noqa: F401
+        AppInfo,
+        DeployResult,
+        LogsResult,
+        ModalCLI,
+        StopResult,
+    )
     from ryla_modal.errors import (  # noqa: F401
         AuthError,
         ColdStartTimeout,

@@ -7,16 +7,18 @@ The library is imported inside each command so ``ryla --help`` stays fast.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ryla_modal import defaults
-from ryla_modal.errors import EXIT_TIMEOUT, EXIT_USAGE
+from ryla_modal.errors import EXIT_INTERRUPTED, EXIT_TIMEOUT, EXIT_USAGE
 
 if TYPE_CHECKING:  # pragma: no cover
     from ryla_modal.deploy.modal_cli import LogsResult
@@ -122,7 +124,24 @@ def register(app: typer.Typer) -> None:
         ("stop", stop_cmd, STOP_HELP, STOP_EXAMPLES),
         ("deploy", deploy_cmd, DEPLOY_HELP, DEPLOY_EXAMPLES),
     ):
-        app.command(name, help=_reflow(text), epilog=examples)(func)
+        app.command(name, help=_reflow(text), epilog=examples)(_interruptible(func))
+
+
+def _interruptible(func: Callable[..., int]) -> Callable[..., int]:
+    """Ctrl-C: the modal process group is already stopped; say so and exit 130.
+
+    typer (0.29) would turn the KeyboardInterrupt into a silent return of 130.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            _note("interrupted")
+            return EXIT_INTERRUPTED
+
+    return wrapper
 
 
 def _reflow(text: str) -> str:

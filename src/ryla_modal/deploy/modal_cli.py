@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ryla_modal import defaults
-from ryla_modal.deploy.proc import STDOUT, CommandResult, LineCallback, redact, run_command
+from ryla_modal.deploy.proc import CommandResult, LineCallback, redact, run_command
 from ryla_modal.errors import AuthError, CommandTimeout, ConfigError, ModalCLIError
 
 FailureKind = Literal["ok", "not_found", "auth", "usage", "transient", "already_stopped", "failed"]
@@ -688,7 +688,6 @@ def deploy(app_file: str | os.PathLike[str], **kwargs: Any) -> DeployResult:
 
 
 __all__ = [
-    "STDOUT",
     "AppInfo",
     "DeployResult",
     "LogsResult",
