@@ -287,7 +287,13 @@ def test_logs_help_ends_with_examples() -> None:
     assert any(line == "Examples:" for line in tail)
 
 
-def test_ctrl_c_exits_130_and_leaves_nothing(fake: FakeModalControl, env: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("sig", "code", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_ctrl_c_or_sigterm_stop_modal_too(
+    fake: FakeModalControl, env: dict[str, str], sig: signal.Signals, code: int, word: str
+) -> None:
     fake.add_app("hello", logs=["first"])
     proc = subprocess.Popen(
         [sys.executable, "-m", "ryla_modal.cli", "logs", "hello", "--follow", "--timeout", "30"],
@@ -300,10 +306,10 @@ def test_ctrl_c_exits_130_and_leaves_nothing(fake: FakeModalControl, env: dict[s
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == "first\n"  # following now
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=10)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
-    assert "interrupted" in err
+    assert proc.returncode == code, err
+    assert word in err
     assert wait_dead(marked_pids(env["RYLA_TEST_MARK"])) == []

@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -48,6 +50,7 @@ _STARTED = time.monotonic() - _process_age()
 
 # `ryla logs APP | head` closes our stdout early: leave quietly, the way a killed pipe writer does.
 _EXIT_BROKEN_PIPE = 141
+_EXIT_TERMINATED = 128 + signal.SIGTERM
 
 _ENV_HELP = "Modal environment (default: the profile's)."
 
@@ -128,18 +131,32 @@ def register(app: typer.Typer) -> None:
 
 
 def _interruptible(func: Callable[..., int]) -> Callable[..., int]:
-    """Ctrl-C: the modal process group is already stopped; say so and exit 130.
+    """Ctrl-C or SIGTERM: stop the modal process group, say so, exit 130 (143 for SIGTERM).
 
-    typer (0.29) would turn the KeyboardInterrupt into a silent return of 130.
+    SIGTERM is turned into the same path as Ctrl-C, so `timeout 60 ryla logs -f` does not orphan
+    a `modal` process.  typer (0.29) would turn a KeyboardInterrupt into a silent 130.
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> int:
+        terminated = False
+
+        def on_sigterm(signum: int, frame: object) -> None:
+            nonlocal terminated
+            terminated = True
+            raise KeyboardInterrupt
+
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, on_sigterm)
         try:
             return func(*args, **kwargs)
         except KeyboardInterrupt:
-            _note("interrupted")
-            return EXIT_INTERRUPTED
+            _note("terminated" if terminated else "interrupted")
+            return _EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
