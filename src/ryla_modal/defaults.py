@@ -72,3 +72,23 @@ MODAL_WORKER_STARTUP_TIMEOUT_S = 600  # @modal.enter: ComfyUI start incl. custom
 MODAL_GATEWAY_TIMEOUT_S = 600
 MODAL_DOWNLOAD_TIMEOUT_S = 3600
 MODAL_LOST_JOB_GRACE_S = 30.0  # a FunctionCall done this long without a final state: lost
+
+# --- the job API (gateway) and `ryla serve` ------------------------------------------------------
+GATEWAY_MAX_BODY_BYTES = 32 * 1024 * 1024  # a POST body larger than this gets 413
+GATEWAY_MAX_INPUTS = 16  # input files per job
+GATEWAY_MAX_INPUT_BYTES = 16 * 1024 * 1024  # one input file, decoded
+GATEWAY_MAX_JOB_TIMEOUT_S = 24 * 3600  # the largest timeout_s a job may ask for
+GATEWAY_MAX_PENDING_JOBS = 1000  # queued + running jobs before POST /jobs answers 429
+GENERATE_WAIT_S = 120.0  # POST /generate waits this long (Modal answers 303 after 150 s)
+GENERATE_INLINE_MAX_BYTES = 24 * 1024 * 1024  # outputs inlined in a /generate answer, all together
+GATEWAY_PROGRESS_MIN_INTERVAL_S = 0.2  # progress written to the job store at most 5/s per job
+GATEWAY_STORE_POLL_S = 0.5  # long polls re-read a store that cannot notify (modal.Dict) this often
+OBJECT_INFO_TIMEOUT_S = 30.0  # GET /object_info (~0.5 MB from a real ComfyUI)
+OBJECT_INFO_RETRY_S = 30.0  # after a failed fetch, validation is skipped this long before a retry
+OBJECT_INFO_REFRESH_MIN_AGE_S = 5.0  # a rejected workflow re-checks against object_info this old
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8000
+SERVE_DATA_DIR = ".ryla/serve"
+SERVE_WORKERS = 4  # jobs handed to ComfyUI at once (it runs one at a time; the rest wait there)
+SERVE_SHUTDOWN_GRACE_S = 5.0  # on exit, running jobs get this long to stop after the interrupt
+SERVE_GRACEFUL_HTTP_S = 3.0  # uvicorn waits this long for open requests (long polls) on exit

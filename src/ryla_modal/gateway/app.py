@@ -1,0 +1,739 @@
+"""The job API as a FastAPI app: ``create_app(executor, store, token=...)``.
+
+The routes and bodies are DESIGN.md's contract (the models are in ``schemas``).  What this module
+adds around them:
+
+- one guard in front of every route, unknown ones included: the bearer token (constant-time
+  compare; a 401 says nothing about jobs or routes) and the body size limit (413 from
+  Content-Length, or while counting the bytes of a body without one);
+- every error, FastAPI's own included, is ``{"error": {"type", "message", ...}}``; bad input never
+  gets a 500, and a real 500 says nothing about internals;
+- submit checks in order: limits (413), inputs and structure (422), the job id (same workflow:
+  the existing job, another: 409), then the workflow against ComfyUI's ``/object_info`` (422 with
+  ComfyUI's per-node errors) before anything reaches the executor;
+- long polls wait on the store's change notifications.
+
+``/docs`` and ``/openapi.json`` stay available and sit behind the same token when one is set.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ryla_modal import __version__, defaults
+from ryla_modal.comfy.runner import InputFile
+from ryla_modal.errors import WorkflowFormatError
+from ryla_modal.gateway.executors import Executor, finish
+from ryla_modal.gateway.object_info import ObjectInfoSource
+from ryla_modal.gateway.schemas import (
+    ACTIVE_STATUSES,
+    ERR_SERVER_STOPPED,
+    TERMINAL_STATUSES,
+    ErrorResponse,
+    Health,
+    InputMeta,
+    Job,
+    JobError,
+    JobRecord,
+    JobRequest,
+    ValidateRequest,
+    ValidationReport,
+    workflow_identity,
+)
+from ryla_modal.gateway.store import JobStore
+from ryla_modal.outputs import safe_basename
+from ryla_modal.validate import check_workflow, validate_against_object_info
+from ryla_modal.workflow import is_ui_format, validate_structure
+
+log = logging.getLogger("ryla_modal.gateway")
+
+_CHUNK = 256 * 1024
+_ERROR_LIST_MAX = 20  # validation errors listed in one answer
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; small values keep tests fast."""
+
+    max_body_bytes: int = defaults.GATEWAY_MAX_BODY_BYTES
+    max_nodes: int = defaults.WORKFLOW_MAX_NODES
+    max_inputs: int = defaults.GATEWAY_MAX_INPUTS
+    max_input_bytes: int = defaults.GATEWAY_MAX_INPUT_BYTES
+    max_pending_jobs: int = defaults.GATEWAY_MAX_PENDING_JOBS
+    generate_wait_s: float = defaults.GENERATE_WAIT_S
+    generate_inline_max_bytes: int = defaults.GENERATE_INLINE_MAX_BYTES
+
+
+class ApiError(Exception):
+    """An answer other than 2xx, with the body's ``error`` fields."""
+
+    def __init__(
+        self,
+        status: int,
+        type_: str,
+        message: str,
+        /,
+        *,
+        http_headers: Mapping[str, str] | None = None,
+        **details: Any,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"type": type_, "message": message, **details}}
+        self.headers = dict(http_headers or {})
+
+
+def error_response(
+    status: int, type_: str, message: str, headers: Mapping[str, str] | None = None, **details: Any
+) -> JSONResponse:
+    body = {"error": {"type": type_, "message": message, **details}}
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+# --- the guard: auth and body size, in front of routing ---------------------------------------
+
+
+class _Guard:
+    """Pure ASGI middleware: 401 without the token, 413 past the body limit."""
+
+    def __init__(self, app: ASGIApp, *, token: str | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.token = token.encode("utf-8") if token else None
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
+        if self.token is not None and not self._authorized(headers.get("authorization")):
+            resp = error_response(
+                401,
+                "unauthorized",
+                "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                headers={"www-authenticate": 'Bearer realm="ryla"'},
+            )
+            await resp(scope, receive, send)
+            return
+        length = headers.get("content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                await error_response(400, "bad_request", "Content-Length is not a number")(
+                    scope, receive, send
+                )
+                return
+            if declared > self.max_body_bytes:
+                await self._too_large(scope, receive, send)
+                return
+        # Read the body here, counting: a chunked body has no Content-Length to check.
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            total += len(body)
+            if total > self.max_body_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _authorized(self, header: bytes | None) -> bool:
+        assert self.token is not None
+        if header is None:
+            return False
+        scheme, _, value = header.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        return hmac.compare_digest(value.strip(), self.token)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        resp = error_response(
+            413,
+            "too_large",
+            f"the request body is larger than the {self.max_body_bytes:,}-byte limit",
+            limit=self.max_body_bytes,
+            hint="inputs travel base64-encoded inside the body; send smaller files",
+        )
+        await resp(scope, receive, send)
+
+
+# --- error handlers ---------------------------------------------------------------------------
+
+_STATUS_TYPES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _clean_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """pydantic's errors without the echoed input (it can be a whole workflow)."""
+    out = []
+    for err in list(errors)[:_ERROR_LIST_MAX]:
+        loc = [str(p) for p in err.get("loc", ())]
+        out.append({"loc": loc, "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))})
+    return out
+
+
+def _where(loc: Sequence[str]) -> str:
+    parts = [p for p in loc if p != "body"]
+    return ".".join(parts) if parts else "body"
+
+
+def _validation_message(
+    exc: RequestValidationError, content_type: str
+) -> tuple[str, str, str | None]:
+    """(type, message, hint) for FastAPI's own request validation failures."""
+    errors = list(exc.errors())
+    body = getattr(exc, "body", None)
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            why = (err.get("ctx") or {}).get("error", "malformed JSON")
+            return "not_json", f"the request body is not JSON: {why}", None
+    if isinstance(body, dict) and "workflow" not in body:
+        if is_ui_format(body):
+            return (
+                "invalid_workflow",
+                "the request body is a UI-format workflow; send"
+                ' {"workflow": <API-format workflow>}',
+                "export the API format from ComfyUI (Workflow → Export (API)) and put it under"
+                ' "workflow"',
+            )
+        if body and all(isinstance(v, dict) and "class_type" in v for v in body.values()):
+            return (
+                "invalid_request",
+                'the request body is a bare workflow; wrap it: {"workflow": <the workflow>}',
+                None,
+            )
+    if isinstance(body, bytes | str) and any(
+        e.get("loc", ())[:1] == ("body",) and len(e.get("loc", ())) == 1 for e in errors
+    ):
+        if "json" not in content_type:
+            sent = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+            return (
+                "invalid_request",
+                f"the request body was not read as JSON: it came with {sent}",
+                "send Content-Type: application/json",
+            )
+        return "invalid_request", "the request body must be a JSON object", None
+    lines = [f"{_where([str(p) for p in e.get('loc', ())])}: {e.get('msg', '')}" for e in errors]
+    shown = lines[:5] + ([f"... and {len(lines) - 5} more"] if len(lines) > 5 else [])
+    return "invalid_request", "invalid request: " + "; ".join(shown), None
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")[:100]
+        type_, message, hint = _validation_message(exc, content_type)
+        details: dict[str, Any] = {"errors": _clean_errors(exc.errors())}
+        if hint:
+            details["hint"] = hint
+        return error_response(422, type_, message, **details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = _STATUS_TYPES.get(exc.status_code, f"http_{exc.status_code}")
+        message = str(exc.detail) if exc.detail else "error"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return error_response(exc.status_code, type_, message, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(
+            500, "internal_error", "internal server error; the server log has the details"
+        )
+
+
+# --- the app ----------------------------------------------------------------------------------
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
+    413: {"model": ErrorResponse, "description": "a limit was exceeded"},
+    422: {"model": ErrorResponse, "description": "the request or the workflow is invalid"},
+}
+
+
+def create_app(
+    executor: Executor,
+    store: JobStore,
+    *,
+    token: str | None = None,
+    object_info: ObjectInfoSource | None = None,
+    extra_models: Mapping[str, Sequence[str]] | None = None,
+    limits: Limits | None = None,
+) -> FastAPI:
+    """The job API over ``executor`` and ``store``.
+
+    ``token`` set: every route wants ``Authorization: Bearer <token>``.  ``object_info`` set:
+    workflows are checked against it before they run (skipped while it is unavailable).
+    """
+    lim = limits or Limits()
+    api = _Api(executor, store, object_info, extra_models, lim)
+    app = FastAPI(
+        title="ryla job API",
+        version=__version__,
+        description="Run ComfyUI workflows as jobs: submit, follow, download.",
+    )
+    _install_error_handlers(app)
+    app.add_middleware(_Guard, token=token, max_body_bytes=lim.max_body_bytes)
+    app.state.api = api
+
+    @app.get("/health", response_model=Health, responses=_ERRORS)
+    async def health() -> Health:
+        return Health(version=__version__, executor=executor.kind)
+
+    @app.post(
+        "/jobs",
+        status_code=202,
+        response_model=Job,
+        responses={
+            200: {"model": Job, "description": "this job_id already exists (same workflow)"},
+            409: {"model": ErrorResponse, "description": "this job_id has another workflow"},
+            429: {"model": ErrorResponse, "description": "too many jobs waiting"},
+            **_ERRORS,
+        },
+    )
+    async def submit(body: JobRequest, response: Response) -> Job:
+        record, created = await run_in_threadpool(api.accept, body)
+        response.status_code = 202 if created else 200
+        return record.public()
+
+    @app.get(
+        "/jobs/{job_id}",
+        response_model=Job,
+        responses={404: {"model": ErrorResponse, "description": "unknown job"}, **_ERRORS},
+    )
+    async def get_job(
+        job_id: str,
+        wait: float = Query(
+            0,
+            ge=0,
+            le=defaults.LONG_POLL_MAX_S,
+            description="seconds to wait for a change (long poll)",
+        ),
+    ) -> Job:
+        record = await api.current(job_id)
+        if wait > 0 and record.status not in TERMINAL_STATUSES:
+            record = await api.wait_change(record, wait)
+        return record.public()
+
+    @app.get(
+        "/jobs/{job_id}/outputs/{index}",
+        response_class=StreamingResponse,
+        responses={
+            200: {"content": {"application/octet-stream": {}}, "description": "the file"},
+            404: {"model": ErrorResponse, "description": "unknown job or output"},
+            409: {"model": ErrorResponse, "description": "the job has not succeeded"},
+            401: _ERRORS[401],
+        },
+    )
+    async def get_output(job_id: str, index: int) -> StreamingResponse:
+        return await run_in_threadpool(api.output, job_id, index)
+
+    @app.post(
+        "/jobs/{job_id}/cancel",
+        status_code=202,
+        response_model=Job,
+        responses={404: {"model": ErrorResponse, "description": "unknown job"}, **_ERRORS},
+    )
+    async def cancel(job_id: str) -> Job:
+        record = await run_in_threadpool(api.cancel, job_id)
+        return record.public()
+
+    @app.post(
+        "/generate",
+        response_model=Job,
+        responses={
+            202: {"model": Job, "description": "still running: poll GET /jobs/{job_id}"},
+            409: {"model": ErrorResponse, "description": "this job_id has another workflow"},
+            **_ERRORS,
+        },
+    )
+    async def generate(body: JobRequest, response: Response) -> Job:
+        record, _ = await run_in_threadpool(api.accept, body)
+        if record.status not in TERMINAL_STATUSES:
+            record = await api.wait_finished(record, lim.generate_wait_s)
+        if record.status not in TERMINAL_STATUSES:
+            response.status_code = 202
+            return record.public()
+        return await run_in_threadpool(api.inline_outputs, record)
+
+    @app.post(
+        "/validate",
+        response_model=ValidationReport,
+        responses={**_ERRORS},
+    )
+    async def validate(body: ValidateRequest) -> ValidationReport:
+        return await run_in_threadpool(api.validate, body.workflow)
+
+    @app.get(
+        "/object_info",
+        responses={
+            200: {"description": "ComfyUI's GET /object_info document"},
+            503: {"model": ErrorResponse, "description": "not available right now"},
+            401: _ERRORS[401],
+        },
+    )
+    async def object_info_route() -> JSONResponse:
+        source = object_info
+        info = await run_in_threadpool(source) if source is not None else None
+        if info is None:
+            raise ApiError(
+                503,
+                "unavailable",
+                "ComfyUI's object_info is not available from this server right now",
+                http_headers={"retry-after": "30"},
+            )
+        return JSONResponse(info)
+
+    return app
+
+
+class _Api:
+    """The routes' logic, kept out of the closures so it reads top to bottom."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        store: JobStore,
+        object_info: ObjectInfoSource | None,
+        extra_models: Mapping[str, Sequence[str]] | None,
+        limits: Limits,
+    ) -> None:
+        self.executor = executor
+        self.store = store
+        self.object_info = object_info
+        self.extra_models = extra_models
+        self.limits = limits
+
+    # --- submit ---------------------------------------------------------------------------
+
+    def accept(self, body: JobRequest) -> tuple[JobRecord, bool]:
+        lim = self.limits
+        workflow = body.workflow
+        self.check_structure(workflow)
+        files, metas = self._inputs(body)
+        job_id = body.job_id or str(uuid.uuid4())
+        identity = workflow_identity(workflow, metas)
+
+        existing = self.store.get(job_id)
+        if existing is not None:
+            return self._same_or_conflict(existing, identity), False
+        self._check_object_info(job_id, workflow)
+        active = len(self.store.list(status=ACTIVE_STATUSES))
+        if active >= lim.max_pending_jobs:
+            raise ApiError(
+                429,
+                "too_many_jobs",
+                f"{active} jobs are queued or running (limit {lim.max_pending_jobs}); try later",
+                http_headers={"retry-after": "5"},
+            )
+        now = time.time()
+        record = JobRecord(
+            job_id=job_id,
+            status="queued",
+            created_at=now,
+            updated_at=now,
+            workflow_sha256=identity,
+            inputs=metas,
+            timeout_s=body.timeout_s,
+        )
+        stored, created = self.store.create_if_absent(record)
+        if not created:
+            return self._same_or_conflict(stored, identity), False
+        try:
+            self.executor.start(stored, workflow, files)
+        except Exception as exc:
+            finish(
+                self.store,
+                job_id,
+                "failed",
+                JobError(type=ERR_SERVER_STOPPED, message=f"the job could not start: {exc}"),
+            )
+            raise ApiError(
+                503,
+                "unavailable",
+                "the server is not taking jobs right now",
+                http_headers={"retry-after": "5"},
+            ) from exc
+        return self.store.get(job_id) or stored, True
+
+    def _same_or_conflict(self, existing: JobRecord, identity: str) -> JobRecord:
+        if existing.workflow_sha256 != identity:
+            raise ApiError(
+                409,
+                "job_id_conflict",
+                f"job {existing.job_id} already exists with another workflow or other inputs;"
+                " use a new job_id for a new job",
+                job_id=existing.job_id,
+            )
+        log.info("job %s submitted again: same workflow, no second run", existing.job_id)
+        return existing
+
+    def _inputs(self, body: JobRequest) -> tuple[list[InputFile], list[InputMeta]]:
+        lim = self.limits
+        if len(body.inputs) > lim.max_inputs:
+            raise ApiError(
+                413,
+                "too_large",
+                f"{len(body.inputs)} input files, more than the limit of {lim.max_inputs}",
+                limit=lim.max_inputs,
+            )
+        files: list[InputFile] = []
+        metas: list[InputMeta] = []
+        seen: set[str] = set()
+        for i, spec in enumerate(body.inputs):
+            where = f"inputs[{i}] ({spec.name})"
+            if spec.name in seen:
+                raise ApiError(422, "invalid_input", f"{where}: the name is used twice")
+            seen.add(spec.name)
+            # base64 takes 4 characters per 3 bytes: refuse before decoding a huge string.
+            if len(spec.data_b64) > (lim.max_input_bytes + 2) // 3 * 4 + 4:
+                raise ApiError(
+                    413,
+                    "too_large",
+                    f"{where}: larger than the {lim.max_input_bytes:,}-byte limit for one input",
+                    limit=lim.max_input_bytes,
+                )
+            try:
+                data = base64.b64decode(spec.data_b64, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ApiError(
+                    422, "invalid_input", f"{where}: data_b64 is not base64 ({exc})"
+                ) from None
+            if len(data) > lim.max_input_bytes:
+                raise ApiError(
+                    413,
+                    "too_large",
+                    f"{where}: larger than the {lim.max_input_bytes:,}-byte limit for one input",
+                    limit=lim.max_input_bytes,
+                )
+            files.append(InputFile(spec.name, data))
+            metas.append(
+                InputMeta(name=spec.name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+            )
+        return files, metas
+
+    def check_structure(self, workflow: Mapping[str, Any]) -> None:
+        """413 past the node limit, 422 naming the node at fault for a malformed graph."""
+        lim = self.limits
+        if len(workflow) > lim.max_nodes:
+            raise ApiError(
+                413,
+                "too_large",
+                f"the workflow has {len(workflow):,} nodes, more than the limit of"
+                f" {lim.max_nodes:,}",
+                limit=lim.max_nodes,
+            )
+        try:
+            validate_structure(workflow, source="workflow", max_nodes=lim.max_nodes)
+        except WorkflowFormatError as exc:
+            details: dict[str, Any] = {"node_id": exc.node_id, "field": exc.field}
+            details["hint"] = exc.hint
+            raise ApiError(
+                422,
+                "invalid_workflow",
+                exc.message,
+                **{k: v for k, v in details.items() if v is not None},
+            ) from None
+
+    def validate(self, workflow: Mapping[str, Any]) -> ValidationReport:
+        """ComfyUI's verdict from object_info (``checked=False`` when it is unavailable)."""
+        self.check_structure(workflow)
+        source = self.object_info
+        info = source() if source is not None else None
+        if source is None or info is None:
+            return ValidationReport(ok=True, checked=False)
+        report = check_workflow(workflow, info, extra_models=self.extra_models)
+        if not report.ok:
+            fresh = source.refresh(defaults.OBJECT_INFO_REFRESH_MIN_AGE_S)
+            if fresh is not None:  # maybe a model file or custom node appeared since
+                report = check_workflow(workflow, fresh, extra_models=self.extra_models)
+                info = fresh
+        if report.ok:
+            return ValidationReport(ok=True, checked=True)
+        node_errors = report.node_errors or validate_against_object_info(
+            workflow, info, extra_models=self.extra_models
+        )
+        error = report.error or {
+            "type": "prompt_outputs_failed_validation",
+            "message": "Prompt outputs failed validation",
+            "details": "",
+            "extra_info": {},
+        }
+        return ValidationReport(ok=False, checked=True, error=error, node_errors=node_errors)
+
+    def _check_object_info(self, job_id: str, workflow: Mapping[str, Any]) -> None:
+        verdict = self.validate(workflow)
+        if verdict.ok:
+            return
+        error = verdict.error or {}
+        type_ = str(error.get("type") or "prompt_outputs_failed_validation")
+        message = str(error.get("message") or "the workflow failed validation")
+        if error.get("details"):
+            message = f"{message}: {error['details']}"
+        lines = []
+        for node_id, entry in verdict.node_errors.items():
+            for err in entry.get("errors", []) if isinstance(entry, dict) else []:
+                detail = err.get("details") or err.get("message", "")
+                lines.append(f"node {node_id} ({entry.get('class_type', '?')}): {detail}")
+        if lines:
+            message += "; " + "; ".join(lines[:5]) + ("; ..." if len(lines) > 5 else "")
+        log.info("job %s rejected before it ran: %s", job_id, message)
+        raise ApiError(
+            422,
+            type_,
+            message,
+            node_errors=verdict.node_errors,
+            details=error.get("details"),
+            extra_info=error.get("extra_info"),
+        )
+
+    # --- reading --------------------------------------------------------------------------
+
+    def _known(self, job_id: str) -> JobRecord:
+        record = self.store.get(job_id)
+        if record is None:
+            raise ApiError(404, "not_found", f"no job with id {job_id[:80]!r}")
+        if record.status in ACTIVE_STATUSES:
+            record = self.executor.check(record)
+        return record
+
+    async def current(self, job_id: str) -> JobRecord:
+        return await run_in_threadpool(self._known, job_id)
+
+    async def wait_change(self, record: JobRecord, wait_s: float) -> JobRecord:
+        """The record once it differs from ``record``, or as it is after ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return record
+            await self.store.wait_for_change(record.job_id, record.revision, left)
+            now = await run_in_threadpool(self._known, record.job_id)
+            if now.revision != record.revision:
+                return now
+
+    async def wait_finished(self, record: JobRecord, wait_s: float) -> JobRecord:
+        deadline = time.monotonic() + wait_s
+        while record.status not in TERMINAL_STATUSES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            record = await self.wait_change(record, left)
+        return record
+
+    def output(self, job_id: str, index: int) -> StreamingResponse:
+        record = self._known(job_id)
+        if record.status != "succeeded":
+            state = "has not finished" if record.status in ACTIVE_STATUSES else record.status
+            raise ApiError(
+                409,
+                "job_not_succeeded",
+                f"job {job_id} {state}; outputs exist once it succeeded",
+                status=record.status,
+            )
+        if not 0 <= index < len(record.outputs):
+            raise ApiError(
+                404,
+                "not_found",
+                f"job {job_id} has {len(record.outputs)} outputs; there is no output {index}",
+            )
+        info = record.outputs[index]
+        opened = self.store.open_output(job_id, index)
+        if opened is None:
+            raise ApiError(
+                404, "not_found", f"output {index} of job {job_id} is gone from the store"
+            )
+        fh, size = opened
+        filename = safe_basename(info.filename, fallback=f"output_{index}")
+        return StreamingResponse(
+            _chunks(fh),
+            media_type=info.mime,
+            headers={
+                "content-length": str(size),
+                "x-sha256": info.sha256,
+                "content-disposition": f'attachment; filename="{filename}"',
+            },
+            background=BackgroundTask(fh.close),
+        )
+
+    def inline_outputs(self, record: JobRecord) -> Job:
+        job = record.public()
+        if record.status != "succeeded":
+            return job
+        if sum(o.size for o in job.outputs) > self.limits.generate_inline_max_bytes:
+            return job  # too big to inline: the client downloads them
+        for out in job.outputs:
+            opened = self.store.open_output(job.job_id, out.index)
+            if opened is None:
+                continue
+            fh, _ = opened
+            with fh:
+                out.data_b64 = base64.b64encode(fh.read()).decode("ascii")
+        return job
+
+    # --- cancel ---------------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> JobRecord:
+        record = self._known(job_id)
+        if record.status in ACTIVE_STATUSES:
+            self.store.update(job_id, cancel_requested=True)
+            log.info("job %s cancel requested", job_id)
+            self.executor.cancel(job_id)
+        return self.store.get(job_id) or record
+
+
+def _chunks(fh: IO[bytes]) -> Iterator[bytes]:
+    try:
+        while chunk := fh.read(_CHUNK):
+            yield chunk
+    finally:
+        fh.close()
+
+
+__all__ = ["ApiError", "Limits", "create_app"]

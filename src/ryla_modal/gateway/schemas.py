@@ -1,0 +1,238 @@
+"""The job API's request and response bodies: these pydantic models *are* the contract.
+
+FastAPI publishes them in its OpenAPI document, the client parses answers with them, and the
+job stores keep ``JobRecord`` (the public ``Job`` plus what only the server needs).  Times are
+seconds since the Unix epoch (floats), so they survive JSON, SQLite and ``modal.Dict`` alike.
+
+    job = Job.model_validate(response.json())
+    if job.status == "succeeded":
+        for out in job.outputs: ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ryla_modal import defaults
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobPhase = Literal[
+    "waiting_for_gpu",
+    "starting_comfyui",
+    "uploading_inputs",
+    "executing",
+    "collecting_outputs",
+    "done",
+]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+ACTIVE_STATUSES: frozenset[str] = frozenset({"queued", "running"})
+
+#: Job ids end up in URLs, file names and ComfyUI's prompt_id: a UUID fits, so does any short
+#: token of letters, digits, ``-`` and ``_``.
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+#: An input file is uploaded into ComfyUI's input folder under this name: a plain file name.
+INPUT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
+
+# --- error types the gateway and the executors use in ``error.type`` -------------------------
+#: (ComfyUI's own types, such as ``prompt_outputs_failed_validation``, pass through unchanged.)
+ERR_EXECUTION = "execution_error"
+ERR_CANCELLED = "cancelled"
+ERR_TIMEOUT = "timeout"
+ERR_COMFYUI_UNAVAILABLE = "comfyui_unavailable"
+ERR_SERVER_RESTARTED = "server_restarted"
+ERR_SERVER_STOPPED = "server_stopped"
+ERR_WORKER_DIED = "worker_died"
+ERR_INVALID_INPUT = "invalid_input"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class InputSpec(BaseModel):
+    """A file the workflow loads by name (LoadImage & co.), sent base64-encoded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=INPUT_NAME_PATTERN,
+        description="plain file name (letters, digits, . _ + -), as the workflow references it",
+    )
+    data_b64: str = Field(description="the file's bytes, standard base64")
+
+
+class JobRequest(BaseModel):
+    """Body of POST /jobs and POST /generate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str | None = Field(
+        default=None,
+        pattern=JOB_ID_PATTERN,
+        description="client-made id (a UUID) and idempotency key; the server makes one if absent",
+    )
+    workflow: dict[str, Any] = Field(description="API-format ComfyUI workflow")
+    inputs: list[InputSpec] = Field(default_factory=list)
+    timeout_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=defaults.GATEWAY_MAX_JOB_TIMEOUT_S,
+        description="execution budget in seconds (default: the server's)",
+    )
+
+
+class ValidateRequest(BaseModel):
+    """Body of POST /validate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: dict[str, Any] = Field(description="API-format ComfyUI workflow")
+
+
+class ValidationReport(_Model):
+    """Answer of POST /validate: ComfyUI's verdict without running anything."""
+
+    ok: bool
+    checked: bool = Field(description="false when object_info was unavailable (not checked)")
+    error: dict[str, Any] | None = None
+    node_errors: dict[str, Any] = Field(default_factory=dict)
+
+
+class Progress(_Model):
+    node_id: str | None = None
+    node_type: str | None = None
+    nodes_done: int = 0
+    nodes_total: int = 0
+    step: int | None = None
+    steps: int | None = None
+
+
+class OutputInfo(_Model):
+    """One output file; download it from ``GET /jobs/{id}/outputs/{index}``."""
+
+    index: int
+    node_id: str
+    filename: str
+    kind: str = Field(description='the history key it came from: "images", "gifs", "audio", ...')
+    mime: str
+    size: int
+    sha256: str
+    data_b64: str | None = Field(
+        default=None, description="the bytes, only in POST /generate answers (when small enough)"
+    )
+
+
+class JobError(_Model):
+    """Why a job failed; ComfyUI's validation and execution details are carried through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    message: str
+    node_id: str | None = None
+    node_type: str | None = None
+    node_errors: dict[str, Any] | None = None
+    exception_type: str | None = None
+    traceback_tail: list[str] | None = None
+
+
+class Job(_Model):
+    job_id: str
+    status: JobStatus
+    phase: JobPhase | None = None
+    created_at: float
+    updated_at: float
+    progress: Progress | None = None
+    outputs: list[OutputInfo] = Field(default_factory=list)
+    error: JobError | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class InputMeta(_Model):
+    name: str
+    size: int
+    sha256: str
+
+
+class JobRecord(Job):
+    """What a job store keeps: the public ``Job`` plus the server's own bookkeeping."""
+
+    workflow_sha256: str
+    inputs: list[InputMeta] = Field(default_factory=list)
+    timeout_s: int | None = None
+    function_call_id: str | None = None  # Modal: the worker's FunctionCall, for logs and cancel
+    cancel_requested: bool = False
+    revision: int = 0  # bumped by every store update; long polls wait for it to move
+
+    def public(self) -> Job:
+        return Job.model_validate(self.model_dump(include=set(Job.model_fields)))
+
+
+class Health(_Model):
+    status: Literal["ok"] = "ok"
+    version: str
+    executor: str
+
+
+class ErrorDetail(_Model):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    message: str
+
+
+class ErrorResponse(_Model):
+    """Every error answer: ``{"error": {"type", "message", ...details}}``."""
+
+    error: ErrorDetail
+
+
+def workflow_identity(workflow: Mapping[str, Any], inputs: Iterable[InputMeta] = ()) -> str:
+    """sha256 of the canonical JSON of a workflow and its inputs: "the same job" means this."""
+    doc = {
+        "workflow": workflow,
+        "inputs": sorted([i.name, i.sha256] for i in inputs),
+    }
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "ERR_CANCELLED",
+    "ERR_COMFYUI_UNAVAILABLE",
+    "ERR_EXECUTION",
+    "ERR_INVALID_INPUT",
+    "ERR_SERVER_RESTARTED",
+    "ERR_SERVER_STOPPED",
+    "ERR_TIMEOUT",
+    "ERR_WORKER_DIED",
+    "INPUT_NAME_PATTERN",
+    "JOB_ID_PATTERN",
+    "TERMINAL_STATUSES",
+    "ErrorDetail",
+    "ErrorResponse",
+    "Health",
+    "InputMeta",
+    "InputSpec",
+    "Job",
+    "JobError",
+    "JobPhase",
+    "JobRecord",
+    "JobRequest",
+    "JobStatus",
+    "OutputInfo",
+    "Progress",
+    "ValidateRequest",
+    "ValidationReport",
+    "workflow_identity",
+]

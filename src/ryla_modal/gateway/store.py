@@ -1,0 +1,377 @@
+"""Job stores: where job records and their output files live, behind one interface.
+
+``MemoryJobStore`` for tests, ``SQLiteJobStore`` for ``ryla serve`` (records and outputs survive
+a restart), and on Modal a ``modal.Dict`` store implementing the same ``JobStore`` methods.
+
+The idempotency of POST /jobs rests on ``create_if_absent`` being atomic.  A record that reached
+a final status (succeeded, failed, cancelled) is never changed again unless ``force=True``, so a
+worker finishing late cannot overwrite a cancel, and the other way round.  Every update bumps
+``revision``; long polls wait for it to move with ``wait_for_change``.
+
+    store = SQLiteJobStore(Path(".ryla/serve"))
+    record, created = store.create_if_absent(record)
+    store.update(record.job_id, status="running", phase="executing")
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import fcntl
+import io
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+from ryla_modal import defaults
+from ryla_modal.errors import ConfigError
+from ryla_modal.gateway.schemas import TERMINAL_STATUSES, JobRecord
+
+_COPY_CHUNK = 1024 * 1024
+
+
+class JobStore(abc.ABC):
+    """The interface every store implements; all methods are thread-safe."""
+
+    @abc.abstractmethod
+    def create_if_absent(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        """Store ``record`` unless its job id exists; returns (the stored record, created)."""
+
+    @abc.abstractmethod
+    def get(self, job_id: str) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    def update(self, job_id: str, *, force: bool = False, **fields: Any) -> JobRecord | None:
+        """Change fields (validated), bump ``revision`` and ``updated_at``; None if unknown.
+
+        A record in a final status is returned unchanged unless ``force``.
+        """
+
+    @abc.abstractmethod
+    def list(self, status: str | Iterable[str] | None = None) -> list[JobRecord]:
+        """Records, oldest first, optionally only those with the given status(es)."""
+
+    @abc.abstractmethod
+    def put_output(self, job_id: str, index: int, src: Path | bytes) -> None:
+        """Keep output ``index`` of a job (a file is copied; it appears whole or not at all)."""
+
+    @abc.abstractmethod
+    def open_output(self, job_id: str, index: int) -> tuple[IO[bytes], int] | None:
+        """An open binary file and its size, or None when the store has no such output."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release files and connections."""
+
+    async def wait_for_change(self, job_id: str, revision: int, wait_s: float) -> None:
+        """Return once the job's revision may differ from ``revision``, or after ``wait_s`` seconds.
+
+        This default polls (for stores that cannot notify, such as ``modal.Dict``); in-process
+        stores override it to wake at once.
+        """
+        deadline = time.monotonic() + max(0.0, wait_s)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(defaults.GATEWAY_STORE_POLL_S, left))
+            record = await asyncio.to_thread(self.get, job_id)
+            if record is None or record.revision != revision:
+                return
+
+
+def _statuses(status: str | Iterable[str] | None) -> set[str] | None:
+    if status is None:
+        return None
+    return {status} if isinstance(status, str) else set(status)
+
+
+def _apply(record: JobRecord, force: bool, fields: dict[str, Any]) -> JobRecord | None:
+    """The updated record, or None when the record is final and must not change."""
+    if record.status in TERMINAL_STATUSES and not force:
+        return None
+    merged = {**record.model_dump(), **fields}
+    merged["revision"] = record.revision + 1
+    merged["updated_at"] = max(time.time(), record.updated_at)
+    return JobRecord.model_validate(merged)
+
+
+class _Notifier:
+    """Wakes coroutines waiting on a job when any thread changes it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+
+    def notify(self, job_id: str) -> None:
+        with self._lock:
+            waiters = self._waiters.pop(job_id, [])
+        for loop, fut in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(_resolve, fut)
+
+    async def wait(self, store: JobStore, job_id: str, revision: int, wait_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        entry = (loop, fut)
+        with self._lock:
+            self._waiters.setdefault(job_id, []).append(entry)
+        try:
+            # Registered first, then checked: a change in between is not missed.
+            record = store.get(job_id)
+            if record is None or record.revision != revision:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, timeout=max(0.0, wait_s))
+        finally:
+            with self._lock:
+                waiters = self._waiters.get(job_id)
+                if waiters and entry in waiters:
+                    waiters.remove(entry)
+                    if not waiters:
+                        del self._waiters[job_id]
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class MemoryJobStore(JobStore):
+    """Everything in memory; for tests and throwaway servers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[str, JobRecord] = {}
+        self._outputs: dict[tuple[str, int], bytes] = {}
+        self._notifier = _Notifier()
+
+    def create_if_absent(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        with self._lock:
+            existing = self._records.get(record.job_id)
+            if existing is not None:
+                return existing, False
+            self._records[record.job_id] = record
+        self._notifier.notify(record.job_id)
+        return record, True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            return self._records.get(job_id)
+
+    def update(self, job_id: str, *, force: bool = False, **fields: Any) -> JobRecord | None:
+        with self._lock:
+            record = self._records.get(job_id)
+            if record is None:
+                return None
+            new = _apply(record, force, fields)
+            if new is None:
+                return record
+            self._records[job_id] = new
+        self._notifier.notify(job_id)
+        return new
+
+    def list(self, status: str | Iterable[str] | None = None) -> list[JobRecord]:
+        wanted = _statuses(status)
+        with self._lock:
+            records = list(self._records.values())
+        chosen = [r for r in records if wanted is None or r.status in wanted]
+        return sorted(chosen, key=lambda r: r.created_at)
+
+    def put_output(self, job_id: str, index: int, src: Path | bytes) -> None:
+        data = src if isinstance(src, bytes) else Path(src).read_bytes()
+        with self._lock:
+            self._outputs[(job_id, index)] = data
+
+    def open_output(self, job_id: str, index: int) -> tuple[IO[bytes], int] | None:
+        with self._lock:
+            data = self._outputs.get((job_id, index))
+        if data is None:
+            return None
+        return io.BytesIO(data), len(data)
+
+    async def wait_for_change(self, job_id: str, revision: int, wait_s: float) -> None:
+        await self._notifier.wait(self, job_id, revision, wait_s)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+"""
+_SCHEMA_VERSION = 1
+
+
+class SQLiteJobStore(JobStore):
+    """Records in ``data_dir/jobs.sqlite3`` (WAL), outputs as files in ``data_dir/outputs/``.
+
+    One process owns a data folder at a time (an exclusive lock on ``data_dir/store.lock``), so
+    a second ``ryla serve`` cannot mark the first one's running jobs as failed.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.outputs_dir = self.data_dir / "outputs"
+        try:
+            self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the data folder {self.data_dir}: {exc}") from exc
+        self._lock_fh = self._take_folder_lock()
+        self._lock = threading.Lock()
+        self._notifier = _Notifier()
+        try:
+            self._db = sqlite3.connect(
+                self.data_dir / "jobs.sqlite3",
+                check_same_thread=False,  # every use is under self._lock
+                isolation_level=None,  # autocommit; transactions are explicit
+                timeout=10.0,
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _SCHEMA_VERSION):
+                raise ConfigError(
+                    f"{self.data_dir}/jobs.sqlite3 has schema version {version}; this ryla knows"
+                    f" {_SCHEMA_VERSION}",
+                    hint="use another --data-dir or a matching ryla version",
+                )
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            self._lock_fh.close()
+            raise ConfigError(f"cannot open the job database in {self.data_dir}: {exc}") from exc
+
+    def _take_folder_lock(self) -> IO[str]:
+        fh = (self.data_dir / "store.lock").open("a")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise ConfigError(
+                f"another process (a running `ryla serve`?) uses the data folder {self.data_dir}",
+                hint="stop it, or give this server its own --data-dir",
+            ) from None
+        return fh
+
+    def close(self) -> None:
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._lock_fh.close()
+
+    # --- records ---------------------------------------------------------------------------
+
+    def _read(self, job_id: str) -> JobRecord | None:
+        row = self._db.execute("SELECT record FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else JobRecord.model_validate_json(row[0])
+
+    def _write(self, record: JobRecord, *, insert: bool) -> None:
+        sql = (
+            "INSERT INTO jobs (status, created_at, record, job_id) VALUES (?, ?, ?, ?)"
+            if insert
+            else "UPDATE jobs SET status = ?, created_at = ?, record = ? WHERE job_id = ?"
+        )
+        self._db.execute(
+            sql, (record.status, record.created_at, record.model_dump_json(), record.job_id)
+        )
+
+    def create_if_absent(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                existing = self._read(record.job_id)
+                if existing is None:
+                    self._write(record, insert=True)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if existing is not None:
+            return existing, False
+        self._notifier.notify(record.job_id)
+        return record, True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            return self._read(job_id)
+
+    def update(self, job_id: str, *, force: bool = False, **fields: Any) -> JobRecord | None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                record = self._read(job_id)
+                new = None if record is None else _apply(record, force, fields)
+                if new is not None:
+                    self._write(new, insert=False)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if new is None:
+            return record
+        self._notifier.notify(job_id)
+        return new
+
+    def list(self, status: str | Iterable[str] | None = None) -> list[JobRecord]:
+        wanted = _statuses(status)
+        with self._lock:
+            if wanted is None:
+                rows = self._db.execute("SELECT record FROM jobs ORDER BY created_at").fetchall()
+            else:
+                marks = ",".join("?" * len(wanted))
+                rows = self._db.execute(
+                    f"SELECT record FROM jobs WHERE status IN ({marks}) ORDER BY created_at",  # noqa: S608 - only placeholders
+                    sorted(wanted),
+                ).fetchall()
+        return [JobRecord.model_validate_json(r[0]) for r in rows]
+
+    async def wait_for_change(self, job_id: str, revision: int, wait_s: float) -> None:
+        await self._notifier.wait(self, job_id, revision, wait_s)
+
+    # --- outputs ---------------------------------------------------------------------------
+
+    def _output_path(self, job_id: str, index: int) -> Path:
+        # Job ids match JOB_ID_PATTERN (checked by the schema): a plain folder name.
+        if not job_id or "/" in job_id or job_id.startswith(".") or index < 0:
+            raise ValueError(f"bad output address {job_id!r}/{index}")
+        return self.outputs_dir / job_id / str(index)
+
+    def put_output(self, job_id: str, index: int, src: Path | bytes) -> None:
+        dest = self._output_path(job_id, index)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{index}.", suffix=".tmp", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if isinstance(src, bytes):
+                    out.write(src)
+                else:
+                    with Path(src).open("rb") as inp:
+                        while chunk := inp.read(_COPY_CHUNK):
+                            out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp_name, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+            raise
+
+    def open_output(self, job_id: str, index: int) -> tuple[IO[bytes], int] | None:
+        try:
+            path = self._output_path(job_id, index)
+            fh = path.open("rb")
+        except (OSError, ValueError):
+            return None
+        return fh, os.fstat(fh.fileno()).st_size
+
+
+__all__ = ["JobStore", "MemoryJobStore", "SQLiteJobStore"]
