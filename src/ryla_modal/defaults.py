@@ -71,7 +71,11 @@ MODAL_WORKER_TIMEOUT_S = 1800  # one job's wall clock on the GPU (EXECUTION_TIME
 MODAL_WORKER_STARTUP_TIMEOUT_S = 600  # @modal.enter: ComfyUI start incl. custom nodes
 MODAL_GATEWAY_TIMEOUT_S = 600
 MODAL_DOWNLOAD_TIMEOUT_S = 3600
-MODAL_LOST_JOB_GRACE_S = 30.0  # a FunctionCall done this long without a final state: lost
+MODAL_LOST_JOB_GRACE_S = 30.0  # a queued job with no FunctionCall after this long: lost
+MODAL_CALL_CHECK_INTERVAL_S = 5.0  # the gateway asks Modal about one job's FunctionCall this often
+MODAL_STORE_LIST_CACHE_S = 5.0  # a full scan of the jobs Dict (pending count) is reused this long
+MODAL_MODEL_LIST_TTL_S = 30.0  # model files on the volume are re-listed this often
+MODAL_CANCEL_POLL_S = 1.0  # a running worker looks for a cancel request this often
 
 # --- the job API (gateway) and `ryla serve` ------------------------------------------------------
 GATEWAY_MAX_BODY_BYTES = 32 * 1024 * 1024  # a POST body larger than this gets 413

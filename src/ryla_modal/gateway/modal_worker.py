@@ -1,0 +1,322 @@
+"""What ``ComfyWorker`` does inside its GPU container: keep ComfyUI up, run one job per call.
+
+The worker writes everything the gateway shows: ``running`` and progress (at most
+``progress_interval_s`` apart unless the phase changes), then the final state with the outputs
+(files on the outputs Volume, committed before the record says ``succeeded``).  A cancel reaches
+it two ways: Modal raises ``InputCancellation`` in the call, or the gateway's flag in the store
+(polled each ``cancel_poll_s``) interrupts the prompt in ComfyUI.
+
+    worker = ModalWorker.from_env(on_outputs_written=outputs_volume.commit)  # @modal.enter
+    worker.run({"job_id": ..., "workflow": {...}, "inputs": [], "timeout_s": None})
+    worker.stop()  # @modal.exit
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ryla_modal import defaults, modal_image
+from ryla_modal.comfy.process import ComfyProcess
+from ryla_modal.comfy.runner import ComfyRunner, InputFile
+from ryla_modal.comfy.runner import Progress as RunnerProgress
+from ryla_modal.errors import ComfyUIUnavailable
+from ryla_modal.gateway.executors import finish, job_error, log_event
+from ryla_modal.gateway.modal_backend import DictJobStore
+from ryla_modal.gateway.schemas import (
+    ERR_CANCELLED,
+    ERR_COMFYUI_UNAVAILABLE,
+    ERR_INVALID_INPUT,
+    TERMINAL_STATUSES,
+    JobError,
+    OutputInfo,
+    Progress,
+)
+from ryla_modal.modal_settings import AppSettings, comfyui_command
+
+log = logging.getLogger("ryla_modal.worker")
+
+_HEALTH_TIMEOUT_S = 5.0
+
+
+class ModalWorker:
+    """ComfyUI plus a ``ComfyRunner``; safe for concurrent ``run`` calls (one per job)."""
+
+    def __init__(
+        self,
+        store: DictJobStore,
+        process: ComfyProcess,
+        *,
+        ready_timeout_s: float = defaults.COMFY_READY_TIMEOUT_S,
+        default_timeout_s: float = defaults.EXECUTION_TIMEOUT_S,
+        progress_interval_s: float = defaults.GATEWAY_PROGRESS_MIN_INTERVAL_S,
+        cancel_poll_s: float = defaults.MODAL_CANCEL_POLL_S,
+    ) -> None:
+        self.store = store
+        self.process = process
+        self.ready_timeout_s = ready_timeout_s
+        self.default_timeout_s = default_timeout_s
+        self.progress_interval_s = progress_interval_s
+        self.cancel_poll_s = cancel_poll_s
+        self.work_dir = Path(tempfile.mkdtemp(prefix="ryla-worker-"))
+        self.runner: ComfyRunner | None = None
+        self._restart_lock = threading.Lock()
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        on_outputs_written: Callable[[], None] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> ModalWorker:
+        """The worker as the Modal container runs it: settings and paths from ``RYLA_*``.
+
+        ``RYLA_COMFYUI_COMMAND`` (JSON list) replaces ``python main.py`` in the image's
+        ComfyUI; ``RYLA_OUTPUTS_DIR`` the outputs Volume's mount point (tests use both).
+        """
+        import modal
+
+        env = os.environ if environ is None else environ
+        settings = AppSettings.from_env(env)
+        jobs = modal.Dict.from_name(settings.jobs_dict, create_if_missing=True)
+        store = DictJobStore(
+            jobs,
+            outputs_dir=Path(env.get("RYLA_OUTPUTS_DIR") or modal_image.OUTPUTS_DIR),
+            role="worker",
+            commit_outputs=on_outputs_written,
+        )
+        command = comfyui_command(env)
+        if command is None:
+            process = ComfyProcess.for_checkout(
+                Path(modal_image.COMFY_DIR), sys.executable, extra_args=["--disable-auto-launch"]
+            )
+        else:
+            process = ComfyProcess(command)
+        return cls(
+            store,
+            process,
+            ready_timeout_s=float(settings.startup_timeout_s),
+            default_timeout_s=float(settings.timeout_s),
+        )
+
+    # --- life cycle (@modal.enter / @modal.exit) --------------------------------------------
+
+    def start(self) -> None:
+        """Launch ComfyUI and wait until it answers; raises ComfyUIUnavailable with its log."""
+        self.process.start(ready_timeout=self.ready_timeout_s)
+        self.runner = ComfyRunner(
+            self.process.base_url,
+            work_dir=self.work_dir,
+            process=self.process,
+            default_timeout_s=self.default_timeout_s,
+        )
+        log.info("ComfyUI ready at %s", self.process.base_url)
+
+    def stop(self) -> None:
+        self._stop_comfyui()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def _stop_comfyui(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+        self.process.stop()
+
+    def _healthy(self) -> bool:
+        if self.process.returncode is not None:
+            return False
+        try:
+            with httpx.Client(trust_env=False) as client:
+                resp = client.get(
+                    f"{self.process.base_url}/system_stats", timeout=_HEALTH_TIMEOUT_S
+                )
+            return resp.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _ensure_comfyui(self, job_id: str) -> None:
+        """A dead or hung ComfyUI is found before the job, and restarted once."""
+        if self.runner is not None and self._healthy():
+            return
+        with self._restart_lock:
+            if self.runner is not None and self._healthy():
+                return
+            log.warning("job %s: ComfyUI is not answering; restarting it", job_id)
+            self.store.update(job_id, phase="starting_comfyui")
+            log.warning("ComfyUI log before the restart:\n%s", self.process.log_tail())
+            self._stop_comfyui()
+            self.start()
+
+    # --- one job (ComfyWorker.run) -----------------------------------------------------------
+
+    def run(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Run one job; returns the final Job (also the FunctionCall's result, for the gateway)."""
+        job_id = str(payload.get("job_id") or "")
+        record = self.store.get(job_id) if job_id else None
+        if record is None:
+            # The gateway stores a job before spawning it; without a record nobody could read
+            # the result, so this call fails and the gateway settles the job as lost.
+            raise ValueError(f"job {job_id[:80]!r} is not in the job store")
+        if record.status not in TERMINAL_STATUSES:
+            self._run(job_id, payload, record.created_at)
+        final = self.store.get(job_id) or record
+        return final.public().model_dump(mode="json")
+
+    def _run(self, job_id: str, payload: Mapping[str, Any], created_at: float) -> None:
+        queued_s = max(0.0, time.time() - created_at)
+        if self.store.cancel_requested(job_id):
+            finish(self.store, job_id, "cancelled", _cancelled("cancelled before it started"))
+            return
+        try:
+            inputs = _inputs(payload)
+        except ValueError as exc:
+            finish(self.store, job_id, "failed", JobError(type=ERR_INVALID_INPUT, message=str(exc)))
+            return
+        try:
+            self._ensure_comfyui(job_id)
+        except ComfyUIUnavailable as exc:
+            error = JobError(type=ERR_COMFYUI_UNAVAILABLE, message=str(exc))
+            finish(self.store, job_id, "failed", error, timings={"queued": queued_s})
+            return
+        record = self.store.update(
+            job_id,
+            status="running",
+            phase="uploading_inputs" if inputs else "executing",
+            timings={"queued": queued_s},
+        )
+        if record is None or record.status != "running":
+            return  # cancelled (or settled) meanwhile
+        log_event(record)
+        assert self.runner is not None
+        cancel = threading.Event()
+        done = threading.Event()
+        watcher = threading.Thread(
+            target=self._watch_cancel, args=(job_id, cancel, done), daemon=True
+        )
+        watcher.start()
+        timeout = payload.get("timeout_s")
+        try:
+            result = self.runner.run(
+                payload["workflow"],
+                job_id=job_id,
+                inputs=inputs,
+                on_progress=_Throttled(self.store, job_id, self.progress_interval_s),
+                timeout_s=float(timeout) if timeout else None,
+                cancel=cancel,
+            )
+            outputs: list[OutputInfo] = []
+            for out in result.outputs:
+                src = out.path if out.path is not None else out.data
+                assert src is not None
+                self.store.put_output(job_id, out.index, src)
+                outputs.append(
+                    OutputInfo(
+                        index=out.index,
+                        node_id=out.node_id,
+                        filename=out.filename,
+                        kind=out.kind,
+                        mime=out.mime,
+                        size=out.size,
+                        sha256=out.sha256,
+                    )
+                )
+            total = len(payload["workflow"])
+            finish(
+                self.store,
+                job_id,
+                "succeeded",
+                None,
+                phase="done",
+                outputs=outputs,
+                progress=Progress(nodes_done=total, nodes_total=total),
+                timings={"queued": queued_s, **result.timings},
+            )
+        except Exception as exc:
+            status, error = job_error(exc)
+            finish(self.store, job_id, status, error, timings={"queued": queued_s})
+        except BaseException:
+            # Modal's InputCancellation (or the container stopping): stop the prompt too.
+            with contextlib.suppress(Exception):
+                self.runner.interrupt(job_id)
+            with contextlib.suppress(Exception):
+                finish(self.store, job_id, "cancelled", _cancelled("cancelled while running"))
+            raise
+        finally:
+            done.set()
+            watcher.join(timeout=self.cancel_poll_s + _HEALTH_TIMEOUT_S)
+            shutil.rmtree(self.work_dir / job_id, ignore_errors=True)
+
+    def _watch_cancel(self, job_id: str, cancel: threading.Event, done: threading.Event) -> None:
+        while not done.wait(self.cancel_poll_s):
+            try:
+                wanted = self.store.cancel_requested(job_id)
+            except Exception as exc:
+                log.warning("job %s: cannot read the cancel flag: %s", job_id, exc)
+                continue
+            if wanted:
+                cancel.set()  # the runner interrupts the prompt in ComfyUI
+                return
+
+
+def _cancelled(message: str) -> JobError:
+    return JobError(type=ERR_CANCELLED, message=message)
+
+
+def _inputs(payload: Mapping[str, Any]) -> list[InputFile]:
+    files: list[InputFile] = []
+    for i, item in enumerate(payload.get("inputs") or []):
+        try:
+            files.append(InputFile(str(item["name"]), base64.b64decode(item["data_b64"])))
+        except (KeyError, TypeError, binascii.Error) as exc:
+            raise ValueError(f"inputs[{i}] is not {{name, data_b64}}: {exc}") from None
+    return files
+
+
+class _Throttled:
+    """Runner progress → store, at most once per ``interval`` unless the phase changes."""
+
+    def __init__(self, store: DictJobStore, job_id: str, interval: float) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.interval = interval
+        self.last_write = float("-inf")
+        self.last_phase: str | None = None
+
+    def __call__(self, p: RunnerProgress) -> None:
+        if p.phase == "done":
+            return  # the final write says it
+        now = time.monotonic()
+        if p.phase == self.last_phase and now - self.last_write < self.interval:
+            return
+        self.last_write, self.last_phase = now, p.phase
+        try:
+            self.store.update(
+                self.job_id,
+                phase=p.phase,
+                progress=Progress(
+                    node_id=p.node_id,
+                    node_type=p.node_type,
+                    nodes_done=p.nodes_done,
+                    nodes_total=p.nodes_total,
+                    step=p.step,
+                    steps=p.steps,
+                ),
+            )
+        except Exception as exc:
+            log.warning("job %s: progress not written: %s", self.job_id, exc)
+
+
+__all__ = ["ModalWorker"]
