@@ -526,3 +526,14 @@ def test_socket_that_never_opens_falls_back_to_history(comfy: ComfyServer) -> No
     assert proxy.refused >= 1
     assert result.outputs[0].sha256 == hashlib.sha256(on_disk(comfy, result)).hexdigest()
     assert seen[-1].phase == "done"
+
+
+def test_ui_format_workflow_gets_the_plain_text_500_as_a_workflow_error(
+    comfy: ComfyServer,
+) -> None:
+    # Transcript 10: a UI-format workflow passed as "prompt" makes ComfyUI answer a text/plain 500.
+    ui = {"last_node_id": 1, "last_link_id": 0, "nodes": [{"id": 1, "type": "EmptyImage"}]}
+    with runner_for(comfy) as runner, pytest.raises(WorkflowValidationError) as info:
+        runner.run(ui, job_id=job(), timeout_s=30)
+    assert "HTTP 500" in str(info.value)
+    assert info.value.hint and "API format" in info.value.hint
