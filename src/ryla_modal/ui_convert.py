@@ -116,7 +116,7 @@ _UPLOAD_FLAGS: Final = ("image_upload", "animated_image_upload", "video_upload",
 _TYPE_DEFAULTS: Final[Mapping[str, Any]] = {"INT": 0, "FLOAT": 0, "BOOLEAN": False, "STRING": ""}
 _COMMENTS: Final = re.compile(r"/\*[\s\S]*?\*/|//.*")
 _ESCAPED: Final = re.compile(r"\\([{}|])")
-_MAX_LISTED: Final = 20
+_IDS_SHOWN: Final = 3  # node ids named per unknown type
 _VISIT_FACTOR: Final = 4  # nodes looked at while expanding subgraphs, per node allowed out
 
 
@@ -381,18 +381,20 @@ class _Converter:
         return str(self.definitions[def_id].get("name") or def_id)
 
     def _unknown_error(self) -> UIConversionError:
+        # Every type is named (the user installs them all in one go); node ids are examples.
         names = sorted(self.unknown)
         parts = []
-        for name in names[:_MAX_LISTED]:
+        for name in names:
             ids = self.unknown[name]
-            shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            shown = ", ".join(ids[:_IDS_SHOWN])
+            if len(ids) > _IDS_SHOWN:
+                shown += f" and {len(ids) - _IDS_SHOWN} more"
             parts.append(f"{name} (node{'s' if len(ids) > 1 else ''} {shown})")
-        more = f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
         hint = None
         if any(n.startswith(("workflow>", "workflow/")) for n in names):
             hint = "workflow>… nodes are old group nodes: convert them to subgraphs in ComfyUI"
         return self._error(
-            f"unknown node types: {', '.join(parts)}{more} — install the custom nodes on the"
+            f"unknown node types: {', '.join(parts)} — install the custom nodes on the"
             " deployment or export the API format",
             hint=hint,
             unknown_types=self.unknown,
@@ -603,10 +605,8 @@ class _Converter:
             link_id = (outer.get("inputs") or [])[index].get("link")
             if link_id is not None:
                 return self._resolve_input(scope.parent, outer, index, None, visited)
-        promoted = self._promoted_values(scope)
-        if slot in promoted:
-            return _Value(promoted[slot])
-        return None
+        value = self._promoted_values(scope).get(slot)
+        return None if value is None else _Value(value)
 
     # -- widgets promoted onto a subgraph node ------------------------------------------------
 
@@ -682,16 +682,20 @@ class _Converter:
                     promoted = self._promoted_values(child)
                     return (promoted.get(inner, found[0]), found[1])
                 continue
-            class_def = self.object_info.get(t_type)
-            if not isinstance(class_def, Mapping) or not isinstance(name, str):
+            if not isinstance(name, str):
                 continue
-            values = self._widget_values(scope, target)
-            if name in values:
-                widget = next(
-                    (w for w in self._layout(t_type, lambda _n, _i: None) if w and w.name == name),
-                    None,
-                )
-                return values[name], bool(widget and widget.control)
+            if isinstance(self.object_info.get(t_type), Mapping):
+                values = self._widget_values(scope, target)
+                if name in values:
+                    widget = next(
+                        (w for w in self._layout(t_type, _no_saved) if w and w.name == name),
+                        None,
+                    )
+                    return values[name], bool(widget and widget.control)
+            if isinstance(t_input.get("widget"), Mapping):
+                # A widget for the ComfyUI that saved the file (a newer node version): it holds a
+                # slot in the outer node's widgets_values, so count it to keep the others aligned.
+                return None, False
         return None
 
     # -- muted nodes: remove what cannot run ---------------------------------------------------
@@ -806,6 +810,10 @@ def _widget_layout(
     if upload:
         layout.append(None)  # the upload button is added after all other widgets
     return layout
+
+
+def _no_saved(_name: str, _index: int) -> Any:
+    return None
 
 
 def _has_dynamic_combo(class_def: Mapping[str, Any]) -> bool:
