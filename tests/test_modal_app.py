@@ -7,13 +7,20 @@ layers, volumes, secrets), so they check the app as Modal would receive it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import tomllib
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import modal
 import pytest
 from modal_proto import api_pb2
 
@@ -231,3 +238,174 @@ def test_image_packages_cover_the_runtime_dependencies() -> None:
 
     needed = {name(r) for r in project["dependencies"]} - {"modal"}
     assert needed <= {name(r) for r in IMAGE_PACKAGES}
+
+
+# --- what runs inside the containers, run here ------------------------------------------------
+
+
+def test_object_info_snapshot_step_saves_what_comfyui_serves(tmp_path: Path) -> None:
+    """The image build's object_info step, run against the ComfyUI stand-in."""
+    from tests.fakes.comfyui_command import fake_comfyui_command
+
+    out = tmp_path / "opt" / "object_info.json"
+    script = ROOT / "src" / "ryla_modal" / "object_info_snapshot.py"
+    proc = subprocess.run(
+        [
+            *[sys.executable, str(script), "--out", str(out), "--timeout", "30", "--"],
+            *fake_comfyui_command("--output-directory", str(tmp_path / "o")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(out.read_text())
+    assert {"EmptyImage", "SaveImage"} <= set(info)
+    assert info["SaveImage"]["output_node"] is True
+
+    failed = subprocess.run(
+        [
+            *[sys.executable, str(script), "--out", str(tmp_path / "x.json"), "--timeout", "5"],
+            *["--", sys.executable, "-c", "import sys; print('boom: no GPU here'); sys.exit(3)"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert failed.returncode == 1
+    assert "exited with status 3" in failed.stderr and "boom: no GPU here" in failed.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+class _Volume:
+    def __init__(self) -> None:
+        self.commits = 0
+
+    def commit(self) -> None:
+        self.commits += 1
+
+
+@pytest.fixture
+def local_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``ComfyWorker()`` run locally: ComfyUI is the stand-in, modal.Dict an in-memory twin."""
+    from tests.fakes.comfyui_command import fake_comfyui_command
+    from tests.test_modal_backend import MemoryDict
+
+    command = fake_comfyui_command(
+        "--output-directory", str(tmp_path / "comfy-out"),
+        "--input-directory", str(tmp_path / "comfy-in"),
+        "--temp-directory", str(tmp_path / "comfy-tmp"),
+    )  # fmt: skip
+    monkeypatch.setenv("RYLA_COMFYUI_COMMAND", json.dumps(command))
+    monkeypatch.setenv("RYLA_OUTPUTS_DIR", str(tmp_path / "volume"))
+    jobs = MemoryDict()
+    # Modal's cloud objects are the only things replaced: the Dict and the Volume's commit.
+    monkeypatch.setattr(modal.Dict, "from_name", staticmethod(lambda *a, **k: jobs))
+    import modal_apps.comfyui_app as comfyui_app
+
+    volume = _Volume()
+    monkeypatch.setattr(comfyui_app, "outputs", volume)
+    worker = comfyui_app.ComfyWorker()
+    worker.jobs, worker.volume = jobs, volume  # type: ignore[attr-defined]
+    try:
+        yield worker
+    finally:
+        from modal._partial_function import _find_callables_for_obj, _PartialFunctionFlags
+
+        instance = worker._cached_user_cls_instance()  # type: ignore[attr-defined]
+        for hook in _find_callables_for_obj(instance, _PartialFunctionFlags.EXIT).values():
+            hook()  # what Modal runs when the container stops: @modal.exit
+
+
+@pytest.mark.filterwarnings("ignore:The ComfyWorker.run function is executing locally")
+def test_comfy_worker_runs_a_job_locally(local_worker: Any, tmp_path: Path) -> None:
+    from ryla_modal.gateway.modal_backend import DictJobStore
+    from ryla_modal.gateway.schemas import JobRecord
+
+    jobs, volume = local_worker.jobs, local_worker.volume
+    gateway = DictJobStore(jobs, outputs_dir=tmp_path / "volume")
+    job_id = str(uuid.uuid4())
+    now = time.time()
+    record = JobRecord(
+        job_id=job_id, status="queued", created_at=now, updated_at=now, workflow_sha256="0" * 64
+    )
+    gateway.create_if_absent(record)  # the gateway stores a job before it spawns it
+    workflow = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 0x12AB34},
+        },
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "w"}},
+    }
+    payload = {"job_id": job_id, "workflow": workflow, "inputs": [], "timeout_s": 30}
+
+    result = local_worker.run.local(payload)  # Modal runs @modal.enter first, here too
+
+    assert result["status"] == "succeeded", result
+    assert result["job_id"] == job_id
+    (out,) = result["outputs"]
+    assert out["filename"].startswith("w_") and out["mime"] == "image/png"
+    stored = gateway.get(job_id)
+    assert stored is not None and stored.status == "succeeded"
+    assert stored.timings.get("queued") is not None
+    opened = gateway.open_output(job_id, 0)
+    assert opened is not None
+    fh, size = opened
+    with fh:
+        data = fh.read()
+    assert size == out["size"] and hashlib.sha256(data).hexdigest() == out["sha256"]
+    assert data.startswith(b"\x89PNG")
+    assert volume.commits == 1  # outputs committed once, before the final record
+
+    # The same job again: already final, so ComfyUI is not asked twice.
+    again = local_worker.run.local(payload)
+    assert again["status"] == "succeeded" and again["outputs"] == result["outputs"]
+    assert volume.commits == 1
+
+    # A job cancelled before the worker saw it never reaches ComfyUI.
+    other = JobRecord(
+        job_id=str(uuid.uuid4()), status="queued", created_at=now, updated_at=now,
+        workflow_sha256="1" * 64,
+    )  # fmt: skip
+    gateway.create_if_absent(other)
+    gateway.update(other.job_id, cancel_requested=True)
+    cancelled = local_worker.run.local({**payload, "job_id": other.job_id})
+    assert cancelled["status"] == "cancelled"
+
+
+@pytest.mark.filterwarnings("ignore:The ComfyWorker.run function is executing locally")
+def test_comfy_worker_restarts_a_dead_comfyui_before_the_next_job(
+    local_worker: Any, tmp_path: Path
+) -> None:
+    from ryla_modal.gateway.modal_backend import DictJobStore
+    from ryla_modal.gateway.schemas import JobRecord
+
+    gateway = DictJobStore(local_worker.jobs, outputs_dir=tmp_path / "volume")
+    workflow = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0x00FF00},
+        },
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "r"}},
+    }
+    results = []
+    for _ in range(2):
+        job_id, now = str(uuid.uuid4()), time.time()
+        gateway.create_if_absent(
+            JobRecord(
+                job_id=job_id,
+                status="queued",
+                created_at=now,
+                updated_at=now,
+                workflow_sha256="2" * 64,
+            )
+        )
+        results.append(local_worker.run.local({"job_id": job_id, "workflow": workflow}))
+        if len(results) == 1:
+            process = local_worker.worker.process
+            first_pid = process.pid
+            os.kill(first_pid, signal.SIGKILL)  # ComfyUI dies between jobs
+            process._proc.wait(timeout=10)
+    assert [r["status"] for r in results] == ["succeeded", "succeeded"]
+    assert local_worker.worker.process.pid != first_pid
