@@ -568,6 +568,57 @@ def test_nested_subgraphs_expand_with_execution_ids(object_info):
     assert set(_convert(ui, object_info)) == {"7", "12"}
 
 
+def test_promoted_values_skip_the_control_slot_of_a_promoted_seed(object_info):
+    inner = UI()
+    inner.node(1, "RandomNoise", [1, "fixed"], inputs=(("noise_seed", "INT"),),
+               outputs=("NOISE",))  # fmt: skip
+    inner.nodes[-1]["inputs"][0]["widget"] = {"name": "noise_seed"}
+    inner.node(2, "EmptyImage", [64, 64, 1, 0], inputs=(("width", "INT"),),
+               outputs=("IMAGE",))  # fmt: skip
+    inner.nodes[-1]["inputs"][0]["widget"] = {"name": "width"}
+    _inner_link(inner, 1, -10, 0, 1, 0, "INT")
+    _inner_link(inner, 2, -10, 1, 2, 0, "INT")
+    _inner_link(inner, 3, 2, 0, -20, 0, "IMAGE")
+    ui = UI()
+    ui.subgraphs = [
+        _subgraph("s", "S", inner, [("noise_seed", "INT", [1]), ("width", "INT", [2])],
+                  [("image", "IMAGE", [3])]),
+    ]  # fmt: skip
+    # A legacy save keeps the seed's control value on the outer node, as the inner node does.
+    ui.node(5, "s", [777, "randomize", 320], outputs=("IMAGE",))
+    api = _convert(ui, object_info)
+    assert api["5:1"]["inputs"] == {"noise_seed": 777}
+    assert api["5:2"]["inputs"]["width"] == 320
+    ui.nodes[0]["widgets_values"] = [778, 321]  # the current format: one value per input
+    api = _convert(ui, object_info)
+    assert (api["5:1"]["inputs"]["noise_seed"], api["5:2"]["inputs"]["width"]) == (778, 321)
+
+
+def test_old_saves_with_a_slot_for_force_input_are_migrated(object_info):
+    ui = UI()
+    # prompt, aspect_ratio, style_preset, seed, its control, negative_prompt (forceInput: only
+    # very old saves have its slot), image_denoise
+    old = ["a cat", "16:9", "anime", 5, "fixed", "", 0.25]
+    ui.node(1, "StabilityStableImageUltraNode", old, outputs=("IMAGE",))
+    ui.node(2, "StabilityStableImageUltraNode", [*old[:5], 0.75], outputs=("IMAGE",))
+    api = _convert(ui, object_info)
+    expected = {"prompt": "a cat", "aspect_ratio": "16:9", "style_preset": "anime", "seed": 5}
+    assert api["1"]["inputs"] == {**expected, "image_denoise": 0.25}
+    assert api["2"]["inputs"] == {**expected, "image_denoise": 0.75}
+
+
+def test_a_very_long_reroute_chain_is_an_error_not_a_crash(object_info):
+    ui = UI()
+    ui.node(1, "EmptyImage", [64, 64, 1, 0], outputs=("IMAGE",))
+    for n in range(2, 2000):
+        ui.node(n, "Reroute", inputs=(("", "*"),), outputs=("IMAGE",))
+        ui.link(n - 1, 0, n, "")
+    ui.node(2000, "SaveImage", ["x"], inputs=(("images", "IMAGE"),))
+    ui.link(1999, 0, 2000, "images")
+    with pytest.raises(UIConversionError, match="chained too deeply"):
+        _convert(ui, object_info)
+
+
 def test_subgraph_that_contains_itself_is_refused(object_info):
     inner = UI()
     inner.node(1, "loop")

@@ -177,7 +177,14 @@ def convert_ui_workflow(
     # The front end picks {a|b} options with Math.random: wording, not secrets.
     pick = rng or random.Random()  # noqa: S311
     converter = _Converter(ui, object_info, source, dynamic_prompts, pick, max_nodes)
-    graph = converter.run()
+    try:
+        graph = converter.run()
+    except RecursionError:
+        raise UIConversionError(
+            "links are chained too deeply (hundreds of reroutes, bypassed nodes or nested"
+            " subgraphs in a row) to resolve",
+            source=source,
+        ) from None
     validate_structure(graph, source=source, max_nodes=max_nodes)
     return graph
 
