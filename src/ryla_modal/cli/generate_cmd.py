@@ -1,0 +1,277 @@
+"""`ryla generate`: submit a workflow, show progress through the cold start, save every output."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from ryla_modal import defaults
+from ryla_modal.cli._output import note, print_json
+from ryla_modal.errors import EXIT_INTERRUPTED, EXIT_TIMEOUT, RylaError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ryla_modal.cli._render import Renderer
+    from ryla_modal.client import AsyncRylaClient, GenerateResult, InputUpload
+    from ryla_modal.workflow import Workflow
+
+GENERATE_HELP = f"""Run a workflow on the deployment and save every output file.
+
+WORKFLOW is an API-format workflow file (or - for stdin).  A UI-format file is converted with the
+deployment's node definitions.  Progress goes to stderr: waiting for a GPU container (a cold start
+takes 2-5 minutes), starting ComfyUI, node i/n, sampler steps, downloading.  Files are saved under
+--out with a manifest per job; nothing is ever overwritten.
+
+A network error never runs the job twice: the job id is made here and the server keeps one job per
+id.  Ctrl-C stops waiting but not the job; `ryla jobs wait JOB_ID` picks it up again.
+
+--json prints NDJSON on stdout: one {{"type": "submitted"|"update"|"downloading"|"saved"|"done"}}
+object per event, then {{"type": "result", "jobs": [...], "failed": N}}.
+
+Exit codes: 0 ok, 1 other, 2 usage, 3 workflow invalid, 4 execution failed, 5 auth/config,
+{EXIT_TIMEOUT} timed out (the job keeps running), 130 interrupted.
+"""
+
+GENERATE_EXAMPLES = """Examples:
+
+  ryla generate examples/workflows/sd15_txt2img.json
+
+  ryla generate wf.json --set 6.text="a red fox in the snow" --seed random --count 4
+
+  ryla generate wf.json --input photo.png --set LoadImage.image=photo.png --out renders
+
+  ryla generate wf.json --no-wait --json
+"""
+
+
+@dataclass
+class _Plan:
+    label: str
+    job_id: str
+    workflow: dict[str, Any]
+    seeds: dict[str, int] = field(default_factory=dict)
+    result: GenerateResult | None = None
+    error: RylaError | None = None
+    finished: bool = False
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "generate",
+        help=" ".join(GENERATE_HELP.split("\n\n")[0].split()) + "\n\n" + _rest(GENERATE_HELP),
+        epilog=GENERATE_EXAMPLES,
+    )(generate_cmd)
+
+
+def _rest(text: str) -> str:
+    return "\n\n".join(" ".join(p.split()) for p in text.strip().split("\n\n")[1:])
+
+
+def generate_cmd(
+    workflow: str = typer.Argument(..., metavar="WORKFLOW", help="Workflow JSON file, or -."),
+    endpoint: str | None = typer.Option(
+        None, "--endpoint", help="Gateway URL (default: RYLA_ENDPOINT, ryla.toml, last deploy)."
+    ),
+    overrides: list[str] = typer.Option(  # noqa: B008
+        [], "--set", help="NODE.INPUT=VALUE; NODE is an id, a unique class_type or a title."
+    ),
+    seed: str | None = typer.Option(None, "--seed", help="A number, or 'random'."),
+    inputs: list[Path] = typer.Option(  # noqa: B008
+        [], "--input", help="A file for ComfyUI's input folder (LoadImage by its name)."
+    ),
+    out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Folder for outputs."),  # noqa: B008
+    count: int = typer.Option(1, "--count", "-n", min=1, max=1000, help="How many jobs."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, max=64, help="Jobs at once."),
+    timeout: float | None = typer.Option(
+        None, "--timeout", min=1, help=f"Execution budget, s [{defaults.EXECUTION_TIMEOUT_S:g}]."
+    ),
+    cold_start_timeout: float | None = typer.Option(
+        None,
+        "--cold-start-timeout",
+        min=1,
+        help=f"Budget for a GPU to pick the job up, s [{defaults.COLD_START_TIMEOUT_S:g}].",
+    ),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Submit, print the job ids, exit."),
+    as_json: bool = typer.Option(False, "--json", help="NDJSON events and a result on stdout."),
+) -> int:
+    from ryla_modal.client import AsyncRylaClient, InputUpload
+
+    uploads: list[InputUpload] = []
+    for path in inputs:
+        if not path.is_file():
+            raise typer.BadParameter(f"{path}: no such file", param_hint="--input")
+        uploads.append(InputUpload.from_path(path))
+    wf = load_for_endpoint(workflow, endpoint)
+    client = AsyncRylaClient(
+        endpoint, cold_start_timeout=cold_start_timeout, execution_timeout=timeout
+    )
+    if overrides:
+        wf = wf.with_overrides(overrides)
+    plans = _plans(wf, seed, count)
+    import asyncio
+
+    from ryla_modal.cli._render import make_renderer
+
+    renderer = make_renderer(as_json=as_json)
+    try:
+        asyncio.run(_run(client, plans, uploads, out, concurrency, no_wait, renderer))
+    except KeyboardInterrupt:
+        renderer.close()
+        pending = [p for p in plans if not p.finished]
+        note("stopped waiting; the jobs keep running. Resume with:")
+        for plan in pending:
+            note(f"  ryla jobs wait {plan.job_id} --out {out}")
+        return EXIT_INTERRUPTED
+    renderer.close()
+    return _report(plans, no_wait=no_wait, as_json=as_json)
+
+
+def load_for_endpoint(source: str, endpoint: str | None) -> Workflow:
+    """Load API format; convert UI format with the deployment's object_info."""
+    from ryla_modal.errors import WorkflowFormatError
+    from ryla_modal.workflow import Workflow, is_ui_format
+
+    try:
+        return Workflow.load(source)
+    except WorkflowFormatError as exc:
+        raw = _read_json_quietly(source)
+        if raw is None or not is_ui_format(raw):
+            raise
+        from ryla_modal.client import RylaClient
+        from ryla_modal.ui_convert import convert_ui_workflow
+
+        try:
+            with RylaClient(endpoint) as client:
+                object_info = client.object_info()
+        except RylaError as inner:
+            raise WorkflowFormatError(
+                f"{source} is a UI-format workflow; converting it needs the deployment's node"
+                f" definitions, but the server could not be asked: {inner.message}",
+                hint="start the deployment (`ryla health --wake`) or export the API format:"
+                " Workflow → Export (API) in ComfyUI",
+            ) from exc
+        return Workflow(convert_ui_workflow(raw, object_info, source=source), source=source)
+
+
+def _read_json_quietly(source: str) -> Any:
+    import json
+
+    if source == "-":
+        return None
+    try:
+        return json.loads(Path(source).read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _plans(wf: Workflow, seed: str | None, count: int) -> list[_Plan]:
+    """One plan per job; with --count the seeds vary (random, or seed, seed+1, ...)."""
+    plans: list[_Plan] = []
+    for i in range(count):
+        label = f"job {i + 1}/{count}" if count > 1 else "job"
+        this = wf
+        seeds: dict[str, int] = {}
+        if seed is not None and seed != "random":
+            try:
+                base = int(seed)
+            except ValueError:
+                raise typer.BadParameter(
+                    f"must be a whole number or 'random', not {seed!r}", param_hint="--seed"
+                ) from None
+            this, seeds = wf.with_seed(base + i)
+        elif seed == "random" or (count > 1 and wf.seed_inputs()):
+            this, seeds = wf.with_seed("random")
+        plans.append(_Plan(label, str(uuid.uuid4()), this.to_dict(), seeds))
+    return plans
+
+
+async def _run(
+    client: AsyncRylaClient,
+    plans: list[_Plan],
+    uploads: list[InputUpload],
+    out: Path,
+    concurrency: int,
+    no_wait: bool,
+    renderer: Renderer,
+) -> None:
+    import asyncio
+
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(plan: _Plan) -> None:
+        async with gate:
+            try:
+                if no_wait:
+                    await client.submit(plan.workflow, job_id=plan.job_id, inputs=uploads)
+                else:
+                    plan.result = await client.generate(
+                        plan.workflow,
+                        job_id=plan.job_id,
+                        inputs=uploads,
+                        out_dir=out,
+                        on_event=lambda ev: renderer.event(plan.label, ev),
+                        manifest_extra={"seeds": plan.seeds},
+                    )
+            except RylaError as exc:
+                plan.error = exc
+            finally:
+                plan.finished = True
+
+    async with client:
+        await asyncio.gather(*(one(p) for p in plans))
+
+
+def _report(plans: list[_Plan], *, no_wait: bool, as_json: bool) -> int:
+    failed = [p for p in plans if p.error is not None]
+    if as_json:
+        print_json(
+            {"type": "result", "jobs": [_plan_json(p) for p in plans], "failed": len(failed)}
+        )
+    elif no_wait:
+        for p in plans:
+            if p.error is None:
+                print(p.job_id)
+        if not failed:
+            note(f"follow with: ryla jobs wait {plans[0].job_id}")
+    else:
+        for p in plans:
+            for f in p.result.files if p.result else []:
+                print(f.path)
+    if len(plans) > 1 and not as_json:
+        _summary(plans)
+    if len(plans) == 1 and failed:
+        raise failed[0].error  # type: ignore[misc]  # the top-level handler prints it
+    for p in failed:
+        note(f"{p.label} ({p.job_id}): {p.error}")
+    return failed[0].error.exit_code if failed and failed[0].error else 0
+
+
+def _plan_json(p: _Plan) -> dict[str, Any]:
+    data: dict[str, Any] = {"label": p.label, "job_id": p.job_id, "seeds": p.seeds}
+    if p.result is not None:
+        data["status"] = p.result.job.status
+        data["timings"] = p.result.job.timings
+        data["files"] = [str(f.path) for f in p.result.files]
+        data["manifest"] = str(p.result.manifest) if p.result.manifest else None
+    if p.error is not None:
+        data["status"] = "failed"
+        data["error"] = {"type": type(p.error).__name__, "message": p.error.message}
+    return data
+
+
+def _summary(plans: list[_Plan]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="ryla generate", title_justify="left")
+    for column in ("job", "job id", "status", "files", "seconds"):
+        table.add_column(column)
+    for p in plans:
+        status = "succeeded" if p.result else f"failed: {p.error}" if p.error else "pending"
+        files = str(len(p.result.files)) if p.result else "-"
+        took = f"{sum(p.result.job.timings.values()):.1f}" if p.result else "-"
+        table.add_row(p.label, p.job_id, status, files, took)
+    Console(stderr=True).print(table)
