@@ -409,3 +409,96 @@ def test_comfy_worker_restarts_a_dead_comfyui_before_the_next_job(
             process._proc.wait(timeout=10)
     assert [r["status"] for r in results] == ["succeeded", "succeeded"]
     assert local_worker.worker.process.pid != first_pid
+
+
+@pytest.mark.filterwarnings("ignore:The ComfyWorker.run function is executing locally")
+def test_modal_gateway_end_to_end_over_http(local_worker: Any, tmp_path: Path) -> None:
+    """The gateway as Modal builds it, over real HTTP; spawn runs the local worker in a thread."""
+    import concurrent.futures
+
+    import httpx
+
+    from ryla_modal.gateway.modal_backend import create_modal_gateway
+    from ryla_modal.modal_settings import AppSettings
+    from tests.fakes.comfyui_command import fake_comfyui_command
+    from tests.gateway_fixtures import UvicornThread, wait_job
+
+    info = tmp_path / "object_info.json"
+    script = ROOT / "src" / "ryla_modal" / "object_info_snapshot.py"
+    built = subprocess.run(
+        [sys.executable, str(script), "--out", str(info), "--", *fake_comfyui_command()],
+        capture_output=True,
+        timeout=60,
+    )
+    assert built.returncode == 0, built.stderr
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    calls: dict[str, concurrent.futures.Future[Any]] = {}
+
+    class Call:
+        def __init__(self, future: concurrent.futures.Future[Any]) -> None:
+            self.future = future
+
+        def get(self, timeout: float | None = None) -> Any:
+            try:
+                return self.future.result(timeout=timeout)
+            except concurrent.futures.TimeoutError:
+                raise modal.exception.TimeoutError() from None
+
+        def cancel(self, terminate_containers: bool = False) -> None:
+            self.future.cancel()
+
+    def spawn(payload: dict[str, Any]) -> str:
+        call_id = f"fc-{len(calls) + 1}"
+        calls[call_id] = pool.submit(local_worker.run.local, payload)
+        return call_id
+
+    class Volume:
+        def reload(self) -> None:
+            pass
+
+    app = create_modal_gateway(
+        AppSettings(),
+        worker_class="ComfyWorker",
+        models_volume=Volume(),
+        outputs_volume=Volume(),
+        object_info_path=info,
+        spawn=spawn,
+        lookup_call=lambda call_id: Call(calls[call_id]),
+    )
+    # The Dict the gateway got is the one the worker writes (both from modal.Dict.from_name).
+    server = UvicornThread(app)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30, trust_env=False) as client:
+            assert client.get("/health").json()["executor"] == "modal"
+            workflow: dict[str, Any] = {
+                "1": {
+                    "class_type": "EmptyImage",
+                    "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0xABCDEF},
+                },
+                "2": {
+                    "class_type": "SaveImage",
+                    "inputs": {"images": ["1", 0], "filename_prefix": "e2e"},
+                },
+            }
+            job_id = str(uuid.uuid4())
+            resp = client.post("/jobs", json={"job_id": job_id, "workflow": workflow})
+            assert resp.status_code == 202, resp.text
+            job = wait_job(client, job_id)
+            assert job["status"] == "succeeded", job
+            out = client.get(f"/jobs/{job_id}/outputs/0")
+            assert out.status_code == 200
+            assert hashlib.sha256(out.content).hexdigest() == out.headers["x-sha256"]
+            assert out.headers["x-sha256"] == job["outputs"][0]["sha256"]
+
+            again = client.post("/jobs", json={"job_id": job_id, "workflow": workflow})
+            assert again.status_code == 200 and len(calls) == 1  # no second GPU run
+
+            broken = {"1": {"class_type": "NoSuchNode", "inputs": {}}}
+            refused = client.post("/jobs", json={"workflow": broken})
+            assert refused.status_code == 422, refused.text
+            assert len(calls) == 1  # refused from the baked object_info, no worker spawned
+    finally:
+        server.stop()
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -561,6 +561,14 @@ class VolumeModelFiles(Mapping[str, Sequence[str]]):
 # --- the gateway inside Modal ----------------------------------------------------------------
 
 
+def outputs_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the outputs Volume is mounted (``RYLA_OUTPUTS_DIR`` moves it, for tests)."""
+    from ryla_modal import modal_image
+
+    env = os.environ if environ is None else environ
+    return Path(env.get("RYLA_OUTPUTS_DIR") or modal_image.OUTPUTS_DIR)
+
+
 def create_modal_gateway(
     settings: AppSettings,
     *,
@@ -568,8 +576,13 @@ def create_modal_gateway(
     models_volume: Any,
     outputs_volume: Any,
     object_info_path: Path | None = None,
+    spawn: SpawnFn | None = None,
+    lookup_call: LookupFn = modal_call_lookup,
 ) -> FastAPI:
-    """The job API as the Modal gateway function serves it (called inside the container)."""
+    """The job API as the Modal gateway function serves it (called inside the container).
+
+    ``spawn``/``lookup_call`` default to the deployed ``worker_class`` (tests pass their own).
+    """
     import modal
 
     from ryla_modal import modal_image
@@ -579,10 +592,14 @@ def create_modal_gateway(
     jobs = modal.Dict.from_name(settings.jobs_dict, create_if_missing=True)
     store = DictJobStore(
         jobs,
-        outputs_dir=Path(modal_image.OUTPUTS_DIR),
+        outputs_dir=outputs_dir(),
         reload_outputs=outputs_volume.reload,
     )
-    executor = ModalExecutor(store, spawn=modal_spawner(settings.app_name, worker_class))
+    executor = ModalExecutor(
+        store,
+        spawn=spawn or modal_spawner(settings.app_name, worker_class),
+        lookup_call=lookup_call,
+    )
     return create_app(
         executor,
         store,
@@ -601,4 +618,5 @@ __all__ = [
     "list_model_files",
     "modal_call_lookup",
     "modal_spawner",
+    "outputs_dir",
 ]

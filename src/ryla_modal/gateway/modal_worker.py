@@ -35,7 +35,7 @@ from ryla_modal.comfy.runner import ComfyRunner, InputFile
 from ryla_modal.comfy.runner import Progress as RunnerProgress
 from ryla_modal.errors import ComfyUIUnavailable
 from ryla_modal.gateway.executors import finish, job_error, log_event
-from ryla_modal.gateway.modal_backend import DictJobStore
+from ryla_modal.gateway.modal_backend import DictJobStore, outputs_dir
 from ryla_modal.gateway.schemas import (
     ERR_CANCELLED,
     ERR_COMFYUI_UNAVAILABLE,
@@ -94,7 +94,7 @@ class ModalWorker:
         jobs = modal.Dict.from_name(settings.jobs_dict, create_if_missing=True)
         store = DictJobStore(
             jobs,
-            outputs_dir=Path(env.get("RYLA_OUTPUTS_DIR") or modal_image.OUTPUTS_DIR),
+            outputs_dir=outputs_dir(env),
             role="worker",
             commit_outputs=on_outputs_written,
         )
