@@ -215,6 +215,15 @@ def _where(loc: Sequence[str]) -> str:
     return ".".join(parts) if parts else "body"
 
 
+_JSON_KINDS = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true/false",
+}
+
+
 def _validation_message(
     exc: RequestValidationError, content_type: str
 ) -> tuple[str, str, str | None]:
@@ -240,17 +249,23 @@ def _validation_message(
                 'the request body is a bare workflow; wrap it: {"workflow": <the workflow>}',
                 None,
             )
-    if isinstance(body, bytes | str) and any(
-        e.get("loc", ())[:1] == ("body",) and len(e.get("loc", ())) == 1 for e in errors
-    ):
-        if "json" not in content_type:
+    whole_body = [e for e in errors if tuple(e.get("loc", ())) == ("body",)]
+    if whole_body:
+        if body is None or body in (b"", ""):
+            return (
+                "invalid_request",
+                'the request body is empty; send a JSON object: {"workflow": {...}}',
+                None,
+            )
+        if isinstance(body, bytes | str) and "json" not in content_type:
             sent = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
             return (
                 "invalid_request",
                 f"the request body was not read as JSON: it came with {sent}",
                 "send Content-Type: application/json",
             )
-        return "invalid_request", "the request body must be a JSON object", None
+        kind = _JSON_KINDS.get(type(body), "something else")
+        return "invalid_request", f"the request body must be a JSON object, not {kind}", None
     lines = [f"{_where([str(p) for p in e.get('loc', ())])}: {e.get('msg', '')}" for e in errors]
     shown = lines[:5] + ([f"... and {len(lines) - 5} more"] if len(lines) > 5 else [])
     return "invalid_request", "invalid request: " + "; ".join(shown), None
