@@ -11,7 +11,7 @@ import sys
 import typer
 
 from ryla_modal import __version__
-from ryla_modal.cli import modal_cmds
+from ryla_modal.cli import modal_cmds, serve_cmd
 from ryla_modal.cli._errors import run_app
 
 app = typer.Typer(
@@ -55,6 +55,7 @@ def _root(
 
 
 modal_cmds.register(app)
+serve_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
