@@ -268,6 +268,15 @@ class _Core:
             raise WorkflowFormatError(f"{message} (HTTP {code})", hint=err.get("hint"))
         raise EndpointUnavailable(f"{endpoint} answered HTTP {code}: {message}")
 
+    def gave_up(self, response: httpx.Response) -> EndpointUnavailable:
+        """The error once retries of a 429/5xx answer are spent."""
+        message = str(_error_body(response).get("message") or response.reason_phrase)
+        return EndpointUnavailable(
+            f"{self.settings.endpoint} kept answering HTTP {response.status_code} ({message})"
+            f" after {self.policy.max_attempts} attempts",
+            hint="the deployment may be overloaded or restarting; try again in a minute",
+        )
+
     def parse_job(self, response: httpx.Response, *, job_id: str | None = None) -> Job:
         self.check(response, job_id=job_id)
         try:
@@ -425,7 +434,9 @@ class RylaClient:
             cold_start_timeout=cold_start_timeout,
             execution_timeout=execution_timeout,
         )
-        self._core = _Core(settings, retry_policy or RetryPolicy())
+        self._core = _Core(
+            settings, retry_policy or RetryPolicy(max_attempts=settings.max_attempts)
+        )
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(
             base_url=settings.endpoint,
@@ -470,8 +481,7 @@ class RylaClient:
         try:
             return retrying(attempt)
         except _RetryableStatus as exc:
-            self._core.check(exc.response, job_id=job_id)  # raises a clear error
-            raise  # pragma: no cover
+            raise self._core.gave_up(exc.response) from exc
         except httpx.TransportError as exc:
             raise EndpointUnavailable(
                 f"could not reach {self._core.settings.endpoint}: {type(exc).__name__}: {exc}",
@@ -617,8 +627,7 @@ class RylaClient:
         try:
             return retrying(attempt)
         except _RetryableStatus as exc:
-            self._core.check(exc.response, job_id=job.job_id)
-            raise  # pragma: no cover
+            raise self._core.gave_up(exc.response) from exc
         except httpx.TransportError as exc:
             raise EndpointUnavailable(
                 f"download of output {index} of job {job.job_id} failed: {exc}",
@@ -686,7 +695,9 @@ class AsyncRylaClient:
             cold_start_timeout=cold_start_timeout,
             execution_timeout=execution_timeout,
         )
-        self._core = _Core(settings, retry_policy or RetryPolicy())
+        self._core = _Core(
+            settings, retry_policy or RetryPolicy(max_attempts=settings.max_attempts)
+        )
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
             base_url=settings.endpoint,
@@ -730,8 +741,7 @@ class AsyncRylaClient:
         try:
             return await retrying(attempt)
         except _RetryableStatus as exc:
-            self._core.check(exc.response, job_id=job_id)
-            raise  # pragma: no cover
+            raise self._core.gave_up(exc.response) from exc
         except httpx.TransportError as exc:
             raise EndpointUnavailable(
                 f"could not reach {self._core.settings.endpoint}: {type(exc).__name__}: {exc}",
@@ -873,8 +883,7 @@ class AsyncRylaClient:
         try:
             return await retrying(attempt)
         except _RetryableStatus as exc:
-            self._core.check(exc.response, job_id=job.job_id)
-            raise  # pragma: no cover
+            raise self._core.gave_up(exc.response) from exc
         except httpx.TransportError as exc:
             raise EndpointUnavailable(
                 f"download of output {index} of job {job.job_id} failed: {exc}",

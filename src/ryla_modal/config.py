@@ -162,6 +162,8 @@ class ClientSettings:
     cold_start_timeout: float | None = defaults.COLD_START_TIMEOUT_S
     execution_timeout: float | None = defaults.EXECUTION_TIMEOUT_S
     request_budget_s: float | None = defaults.REQUEST_BUDGET_S
+    #: attempts per request, the first included (``RYLA_RETRIES`` counts the extra ones)
+    max_attempts: int = defaults.RETRY_MAX_ATTEMPTS
 
 
 def read_project_config(cwd: Path | None = None) -> dict[str, Any]:
@@ -231,8 +233,16 @@ def resolve_client_settings(
             "Modal proxy auth needs both a key and a secret",
             hint="set both RYLA_MODAL_KEY and RYLA_MODAL_SECRET",
         )
+    retries = _pick("retries", None, env, project, user)
+    try:
+        max_attempts = defaults.RETRY_MAX_ATTEMPTS if retries is None else int(retries) + 1
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"retries must be a whole number, not {retries!r}") from exc
+    if max_attempts < 1:
+        raise ConfigError(f"retries must be 0 or more, not {retries!r}")
     return ClientSettings(
         endpoint=url,
+        max_attempts=max_attempts,
         token=secret("token", token),
         modal_key=key,
         modal_secret=sec,

@@ -15,10 +15,13 @@ from ryla_modal.errors import EXIT_INTERRUPTED, EXIT_OTHER, EXIT_USAGE, RylaErro
 
 
 def error_line(exc: RylaError) -> str:
-    """The line(s) printed for a known error: the message, then the hint."""
-    text = f"error: {exc.message}"
+    """One line that says what went wrong and what to do next; details (a log tail) follow."""
+    first, _, rest = exc.message.partition("\n")
+    text = f"error: {first}"
     if exc.hint:
-        text += f"\nhint: {exc.hint}"
+        text += f" — hint: {exc.hint}"
+    if rest:
+        text += "\n" + rest
     return text
 
 
