@@ -138,7 +138,10 @@ def serve_cmd(
     if token is not None and os.environ.get("RYLA_TOKEN") != token:
         log.warning("a token on the command line is visible to other users (ps); prefer RYLA_TOKEN")
 
+    # Ctrl-C and SIGTERM both leave through the cleanup below, even when this process was
+    # started with SIGINT ignored (a background job of a non-interactive shell).
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _serve(
             comfyui_dir=comfyui_dir,
@@ -158,6 +161,7 @@ def serve_cmd(
         return EXIT_TERMINATED
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     return 0
 
 
