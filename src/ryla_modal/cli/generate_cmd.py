@@ -217,8 +217,8 @@ async def _run(
                     )
             except RylaError as exc:
                 plan.error = exc
-            finally:
-                plan.finished = True
+            # not in a `finally`: a job whose wait was cancelled by Ctrl-C is still unfinished
+            plan.finished = True
 
     async with client:
         await asyncio.gather(*(one(p) for p in plans))
