@@ -22,8 +22,9 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ryla_modal.comfy.process import ComfyProcess, free_port  # noqa: E402
 from tests.fakes.comfyui_command import fake_comfyui_command  # noqa: E402
+
+from ryla_modal.comfy.process import ComfyProcess, free_port  # noqa: E402
 
 WORKFLOW = REPO / "examples" / "workflows" / "demo_model_free.json"
 READY_TIMEOUT_S = 180.0
