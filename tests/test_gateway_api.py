@@ -710,3 +710,18 @@ def test_openapi_document_shows_the_contract(make_gateway: MakeGateway) -> None:
     assert ref.endswith("/JobRequest")
     assert {"200", "202", "401", "409", "413", "422"} <= set(post["responses"])
     assert json.dumps(doc)  # serialisable
+
+
+def test_job_timeout_fails_the_job_and_frees_comfyui(make_gateway: MakeGateway) -> None:
+    gw = make_gateway()
+    c = gw.client()
+    wf = slow_workflow("stub", unique("slowpoke"), steps=400, step_seconds=0.05)
+    resp = submit(c, wf, timeout_s=1)
+    assert resp.status_code == 202
+    job_id = resp.json()["job_id"]
+    job = wait_job(c, job_id)
+    assert job["status"] == "failed"
+    assert job["error"]["type"] == "timeout"
+    assert job_id in job["error"]["message"]
+    history = httpx.get(f"{gw.comfy.base_url}/history/{job_id}", timeout=10).json()[job_id]
+    assert "execution_interrupted" in [m[0] for m in history["status"]["messages"]]

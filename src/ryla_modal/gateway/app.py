@@ -634,8 +634,10 @@ class _Api:
         lines = []
         for node_id, entry in verdict.node_errors.items():
             for err in entry.get("errors", []) if isinstance(entry, dict) else []:
-                detail = err.get("details") or err.get("message", "")
-                lines.append(f"node {node_id} ({entry.get('class_type', '?')}): {detail}")
+                text = str(err.get("message", ""))
+                if err.get("details"):
+                    text = f"{text}: {err['details']}"
+                lines.append(f"node {node_id} ({entry.get('class_type', '?')}): {text}")
         if lines:
             message += "; " + "; ".join(lines[:5]) + ("; ..." if len(lines) > 5 else "")
         log.info("job %s rejected before it ran: %s", job_id, message)
