@@ -127,6 +127,12 @@ def test_real_comfyui_flags_are_accepted_and_metadata_can_be_disabled(launch_stu
             texts.append(dict(getattr(img, "text", {})))
     assert '"class_type": "EmptyImage"' in texts[0]["prompt"], "the prompt rides in the PNG"
     assert texts[1] == {}, "--disable-metadata writes none"
+    # ComfyUI's /view: preview=jpeg without a channel is a JPEG; with channel=a always WebP.
+    query = {"filename": image["filename"], "type": "output", "preview": "jpeg;80"}
+    jpeg = httpx.get(f"{bare.base_url}/view", params=query, timeout=T)
+    webp = httpx.get(f"{bare.base_url}/view", params={**query, "channel": "a"}, timeout=T)
+    assert jpeg.headers["content-type"] == "image/jpeg" and jpeg.content[:2] == b"\xff\xd8"
+    assert webp.headers["content-type"] == "image/webp" and webp.content[8:12] == b"WEBP"
 
 
 def test_taken_port_fails_like_comfyui(run_direct: Callable[..., Direct]) -> None:

@@ -428,8 +428,9 @@ def test_13_upload_view_and_loadimage(fresh: ComfyServer) -> None:
 
 def test_14_interrupt_and_queue(launch_stub: Launch) -> None:
     t = load("14")
-    # Model-free nodes are fast here; 0.3 s per node makes the graph slow like the recording's.
-    server = launch_stub("--node-seconds", "0.3")
+    # Model-free nodes are fast here; 0.5 s per node makes the graph slow like the recording's
+    # (and leaves the test that long to interrupt p1 while its node 2 runs, as recorded).
+    server = launch_stub("--node-seconds", "0.5")
     ids = Ids()
     client_id = str(uuid.uuid4())
     ids.pair(t.client_id, client_id)

@@ -14,6 +14,7 @@ its ``after_node``-th node (0: before the first; a job with fewer nodes: before 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import heapq
 import json
 import os
@@ -62,6 +63,9 @@ class QueueItem:
     prompt: dict[str, Any]
     extra_data: dict[str, Any]
     outputs: list[str]
+    # Set once the POST /prompt answer has gone out: faults wait for it, so a client always
+    # holds its prompt_id before the server dies or cuts the sockets "mid-job".
+    answered: threading.Event = field(default_factory=threading.Event, compare=False)
 
     def __lt__(self, other: QueueItem) -> bool:  # heapq order, as ComfyUI's tuples compare
         return (self.number, self.prompt_id) < (other.number, other.prompt_id)
@@ -108,7 +112,12 @@ class PromptQueue:
                 self.not_empty.wait()
             item = heapq.heappop(self.queue)
             task_id = self.task_counter
-            self.running[task_id] = copy.deepcopy(item)
+            self.running[task_id] = dataclasses.replace(
+                item,
+                prompt=copy.deepcopy(item.prompt),
+                extra_data=copy.deepcopy(item.extra_data),
+                outputs=list(item.outputs),
+            )
             self.task_counter += 1
             self._on_update()
             return item, task_id
@@ -331,7 +340,9 @@ class Engine:
                 )
             log(f"Prompt executed in {time.perf_counter() - started:.2f} seconds")
 
-    def _fire(self, fault: Fault, prompt_id: str, visited: int) -> None:
+    def _fire(self, fault: Fault, item: QueueItem, visited: int) -> None:
+        item.answered.wait(5.0)
+        prompt_id = item.prompt_id
         if fault.kind == "drop-socket":
             log(f"[stand-in] fault drop-socket: closing every websocket (prompt {prompt_id})")
             self.hub.drop_sockets()
@@ -436,7 +447,7 @@ class Engine:
         fired = fault.kind == "none"
         if not fired and fault.after_node <= 0:
             fired = True
-            self._fire(fault, prompt_id, visited)
+            self._fire(fault, item, visited)
         success = True
         try:
             while not execution.is_empty():
@@ -458,7 +469,7 @@ class Engine:
                 visited += 1
                 if not fired and visited >= fault.after_node:
                     fired = True
-                    self._fire(fault, prompt_id, visited)
+                    self._fire(fault, item, visited)
         except ExecutionFailed as failure:
             success = False
             class_type = prompt[failure.node_id]["class_type"]
@@ -490,7 +501,7 @@ class Engine:
                 )
         else:
             if not fired:
-                self._fire(fault, prompt_id, visited)
+                self._fire(fault, item, visited)
             add_message("execution_success", {"prompt_id": prompt_id}, False)
         result = {
             "outputs": {nid: ui["output"] for nid, ui in ui_outputs.items()},

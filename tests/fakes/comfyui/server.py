@@ -69,8 +69,8 @@ class StandIn:
         self.nodes = nodes
         self.loop = asyncio.get_running_loop()
         self.messages: asyncio.Queue[tuple[str, dict[str, Any], str | None]] = asyncio.Queue()
-        self.sockets: dict[str, web.WebSocketResponse] = {}
-        self.requests: dict[str, web.Request] = {}
+        self.sockets: dict[str, web.WebSocketResponse] = {}  # by sid: who gets messages
+        self.connections: dict[int, web.Request] = {}  # every open socket, for drop-socket
         self.client_flags: dict[str, Any] = {}
         self.engine = Engine(
             self,
@@ -94,7 +94,7 @@ class StandIn:
         while True:
             event, data, sid = await self.messages.get()
             if event == _DROP:
-                for request in list(self.requests.values()):
+                for request in list(self.connections.values()):
                     if request.transport is not None:
                         request.transport.abort()  # no close frame: a dropped connection
                 continue
@@ -158,7 +158,7 @@ class StandIn:
         else:
             sid = uuid.uuid4().hex
         self.sockets[sid] = ws
-        self.requests[sid] = request
+        self.connections[id(ws)] = request
         try:
             await self.send_json("status", {"status": self.engine.queue_info(), "sid": sid}, sid)
             if self.engine.client_id == sid and self.engine.last_node_id is not None:
@@ -177,9 +177,9 @@ class StandIn:
                     await self.send_json("feature_flags", dict(SERVER_FEATURES), sid)
                 first = False
         finally:
+            self.connections.pop(id(ws), None)
             if self.sockets.get(sid) is ws:
                 del self.sockets[sid]
-                self.requests.pop(sid, None)
                 self.client_flags.pop(sid, None)
         return ws
 
@@ -288,10 +288,15 @@ class StandIn:
             log(f"invalid prompt: {problem}")
             return web.json_response({"error": problem, "node_errors": node_errors}, status=400)
         stats.prompts_queued += 1
-        self.engine.queue.put(QueueItem(number, prompt_id, prompt, extra_data, outputs))
-        return web.json_response(
+        item = QueueItem(number, prompt_id, prompt, extra_data, outputs)
+        self.engine.queue.put(item)
+        response = web.json_response(
             {"prompt_id": prompt_id, "number": number, "node_errors": node_errors}
         )
+        await response.prepare(request)
+        await response.write_eof()
+        item.answered.set()
+        return response
 
     async def post_queue(self, request: web.Request) -> web.StreamResponse:
         json_data = await request.json()
@@ -362,10 +367,11 @@ class StandIn:
         channel = query.get("channel", "rgba")
         if "preview" in query:
             info = query["preview"].split(";")
-            fmt = info[0] if info[0] in ("webp", "jpeg") and "a" not in channel else "webp"
+            wanted = query.get("channel", "")  # ComfyUI tests the raw parameter here
+            fmt = info[0] if info[0] in ("webp", "jpeg") and "a" not in wanted else "webp"
             quality = int(info[-1]) if info[-1].isdigit() else 90
             with Image.open(path) as img:
-                out = img.convert("RGB") if fmt == "jpeg" or channel == "rgb" else img.copy()
+                out = img.convert("RGB") if fmt == "jpeg" or wanted == "rgb" else img.copy()
             buf = io.BytesIO()
             out.save(buf, format=fmt, quality=quality)
             return web.Response(
