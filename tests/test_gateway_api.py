@@ -30,6 +30,7 @@ from tests.gateway_fixtures import (
     gateway_maker,
     load_image_workflow,
     png_bytes,
+    running_gateway,
     sha256,
     wait_job,
 )
@@ -725,3 +726,24 @@ def test_job_timeout_fails_the_job_and_frees_comfyui(make_gateway: MakeGateway) 
     assert job_id in job["error"]["message"]
     history = httpx.get(f"{gw.comfy.base_url}/history/{job_id}", timeout=10).json()[job_id]
     assert "execution_interrupted" in [m[0] for m in history["status"]["messages"]]
+
+
+def test_a_server_bug_is_a_json_500_without_internals(
+    launch_stub: Callable[..., ComfyServer], tmp_path: Path
+) -> None:
+    from ryla_modal.gateway.store import MemoryJobStore
+
+    class BrokenStore(MemoryJobStore):
+        def get(self, job_id: str) -> Any:
+            raise RuntimeError("disk on fire at /srv/secret/path")
+
+    comfy = launch_stub()
+    with running_gateway(comfy, tmp_path / "work", store=BrokenStore()) as gw:
+        resp = gw.client().get("/jobs/some-job")
+    assert resp.status_code == 500
+    assert resp.json() == {
+        "error": {
+            "type": "internal_error",
+            "message": "internal server error; the server log has the details",
+        }
+    }
