@@ -410,7 +410,8 @@ class Engine:
         cached_nodes = [n for n in prompt if sigs[n] in self.cache]
         add_message("execution_cached", {"nodes": cached_nodes, "prompt_id": prompt_id}, False)
 
-        current_outputs = [n for n in reversed(list(prompt))]
+        # ComfyUI sends a set here (order by hash); transcript 11 happened to show it reversed.
+        current_outputs = list(reversed(list(prompt)))
         states: dict[str, dict[str, Any]] = {}
 
         def progress_state() -> None:
