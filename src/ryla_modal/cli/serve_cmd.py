@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -254,6 +255,8 @@ def _serve(
         else:
             log.info("using ComfyUI at %s", base_url)
 
+        # Half-collected outputs of a crashed run: nobody will pick them up (we hold the lock).
+        shutil.rmtree(data_dir / "work", ignore_errors=True)
         executor = LocalExecutor(
             store, base_url, process=process, workers=workers, work_dir=data_dir / "work"
         )
