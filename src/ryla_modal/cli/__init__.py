@@ -11,7 +11,7 @@ import sys
 import typer
 
 from ryla_modal import __version__
-from ryla_modal.cli import modal_cmds, serve_cmd
+from ryla_modal.cli import generate_cmd, jobs_cmd, modal_cmds, serve_cmd
 from ryla_modal.cli._errors import run_app
 
 app = typer.Typer(
@@ -54,6 +54,8 @@ def _root(
     """Run ComfyUI workflows on Modal GPUs."""
 
 
+generate_cmd.register(app)
+jobs_cmd.register(app)
 modal_cmds.register(app)
 serve_cmd.register(app)
 
