@@ -282,6 +282,16 @@ def test_health(gateway: Gateway, tmp_path: Path) -> None:
     assert json.loads(proc.stdout)["status"] == "ok"
 
 
+def test_health_wake_waits_for_a_ready_comfyui(gateway: Gateway, tmp_path: Path) -> None:
+    env = ryla_env(tmp_path, RYLA_TOKEN=TOKEN, RYLA_ENDPOINT=gateway.url)
+    proc = ryla("health", "--wake", "--json", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report["wake"]["status"] == "succeeded"
+    assert report["wake"]["job_id"].startswith("warmup-")
+    assert "starting_comfyui" in report["wake"]["timings"]
+
+
 def test_jobs_cancel(gateway: Gateway, tmp_path: Path) -> None:
     wf = {
         "1": {

@@ -499,6 +499,13 @@ def test_modal_gateway_end_to_end_over_http(local_worker: Any, tmp_path: Path) -
             refused = client.post("/jobs", json={"workflow": broken})
             assert refused.status_code == 422, refused.text
             assert len(calls) == 1  # refused from the baked object_info, no worker spawned
+
+            # `ryla health --wake`: a warm-up job spawns a worker and ends once ComfyUI is up
+            warm = client.post("/warmup")
+            assert warm.status_code == 202, warm.text
+            warm_job = wait_job(client, warm.json()["job_id"])
+            assert warm_job["status"] == "succeeded" and warm_job["outputs"] == []
+            assert len(calls) == 2
     finally:
         server.stop()
         pool.shutdown(wait=True, cancel_futures=True)

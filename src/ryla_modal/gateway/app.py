@@ -418,6 +418,18 @@ def create_app(
         return await run_in_threadpool(api.inline_outputs, record)
 
     @app.post(
+        "/warmup",
+        status_code=202,
+        response_model=Job,
+        responses={**_ERRORS},
+    )
+    async def warmup() -> Job:
+        """Start a ComfyUI (on Modal: a GPU container) now; poll the returned job to see the
+        cold start end.  Later jobs skip it while the container stays warm."""
+        record = await run_in_threadpool(api.warm)
+        return record.public()
+
+    @app.post(
         "/validate",
         response_model=ValidationReport,
         responses={**_ERRORS},
@@ -516,6 +528,19 @@ class _Api:
                 http_headers={"retry-after": "5"},
             ) from exc
         return self.store.get(job_id) or stored, True
+
+    def warm(self) -> JobRecord:
+        now = time.time()
+        record = JobRecord(
+            job_id=f"warmup-{uuid.uuid4().hex}",
+            status="queued",
+            created_at=now,
+            updated_at=now,
+            workflow_sha256=workflow_identity({}),
+        )
+        stored, _ = self.store.create_if_absent(record)
+        self.executor.warm(stored)
+        return self.store.get(stored.job_id) or stored
 
     def _same_or_conflict(self, existing: JobRecord, identity: str) -> JobRecord:
         if existing.workflow_sha256 != identity:

@@ -87,6 +87,10 @@ class Executor(Protocol):
     def cancel(self, job_id: str) -> None:
         """Stop a job; the store says ``cancelled`` once it is stopped."""
 
+    def warm(self, job: JobRecord) -> None:
+        """Make a ComfyUI ready to take jobs (on Modal: start a GPU container); the warm-up
+        ``job`` the store holds as ``queued`` ends ``succeeded`` once it is.  Never blocks."""
+
     def check(self, record: JobRecord) -> JobRecord:
         """Look behind an unfinished record (is its worker alive?); returns the current record."""
 
@@ -228,6 +232,24 @@ class LocalExecutor:
                 self._work, job.job_id, dict(workflow), list(inputs), job.timeout_s, active
             )
         log_event(job)
+
+    def warm(self, job: JobRecord) -> None:
+        # The local ComfyUI is started (and waited for) by `ryla serve` itself: check it answers.
+        started = time.monotonic()
+        try:
+            self.runner.api.system_stats()
+        except Exception as exc:
+            status, error = job_error(exc)
+            finish(self.store, job.job_id, status, error)
+            return
+        finish(
+            self.store,
+            job.job_id,
+            "succeeded",
+            None,
+            phase="done",
+            timings={"starting_comfyui": time.monotonic() - started},
+        )
 
     def cancel(self, job_id: str) -> None:
         with self._lock:

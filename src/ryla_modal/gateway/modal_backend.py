@@ -372,16 +372,29 @@ class ModalExecutor:
         self._checked_at: dict[str, float] = {}
 
     def start(
-        self, job: JobRecord, workflow: Mapping[str, Any], inputs: Sequence[InputFile]
+        self,
+        job: JobRecord,
+        workflow: Mapping[str, Any],
+        inputs: Sequence[InputFile],
+        *,
+        warmup: bool = False,
     ) -> None:
         if job.function_call_id:
             return  # spawned already: a job id runs once
-        call_id = self._spawn(job_payload(job, workflow, inputs))
+        payload = job_payload(job, workflow, inputs)
+        if warmup:
+            payload["warmup"] = True
+        call_id = self._spawn(payload)
         record = self.store.update(job.job_id, function_call_id=call_id, phase="waiting_for_gpu")
         if record is not None and record.function_call_id != call_id:
             # The worker finished before we wrote the id: keep it anyway, for logs.
             record = self.store.update(job.job_id, force=True, function_call_id=call_id)
         log.info("job %s spawned as %s", job.job_id, call_id)
+
+    def warm(self, job: JobRecord) -> None:
+        # A no-op job: spawning it makes Modal start a ComfyWorker container (the cold start),
+        # whose enter hook launches ComfyUI; the worker then marks the job succeeded.
+        self.start(job, {}, [], warmup=True)
 
     def cancel(self, job_id: str) -> None:
         record = self.store.get(job_id)

@@ -191,6 +191,12 @@ class ModalWorker:
             error = JobError(type=ERR_COMFYUI_UNAVAILABLE, message=str(exc))
             finish(self.store, job_id, "failed", error, timings={"queued": queued_s})
             return
+        if payload.get("warmup"):
+            # `ryla health --wake`: this container's enter hook has started ComfyUI already.
+            finish(
+                self.store, job_id, "succeeded", None, phase="done", timings={"queued": queued_s}
+            )
+            return
         record = self.store.update(
             job_id,
             status="running",
