@@ -15,7 +15,7 @@ from ryla_modal.errors import EXIT_INTERRUPTED, EXIT_TIMEOUT, RylaError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ryla_modal.cli._render import Renderer
-    from ryla_modal.client import AsyncRylaClient, GenerateResult, InputUpload
+    from ryla_modal.client import GenerateResult, InputUpload, RylaClient
     from ryla_modal.workflow import Workflow
 
 GENERATE_HELP = f"""Run a workflow on the deployment and save every output file.
@@ -97,7 +97,7 @@ def generate_cmd(
     no_wait: bool = typer.Option(False, "--no-wait", help="Submit, print the job ids, exit."),
     as_json: bool = typer.Option(False, "--json", help="NDJSON events and a result on stdout."),
 ) -> int:
-    from ryla_modal.client import AsyncRylaClient, InputUpload
+    from ryla_modal.client import InputUpload, RylaClient
 
     uploads: list[InputUpload] = []
     for path in inputs:
@@ -105,19 +105,16 @@ def generate_cmd(
             raise typer.BadParameter(f"{path}: no such file", param_hint="--input")
         uploads.append(InputUpload.from_path(path))
     wf = load_for_endpoint(workflow, endpoint)
-    client = AsyncRylaClient(
-        endpoint, cold_start_timeout=cold_start_timeout, execution_timeout=timeout
-    )
+    client = RylaClient(endpoint, cold_start_timeout=cold_start_timeout, execution_timeout=timeout)
     if overrides:
         wf = wf.with_overrides(overrides)
     plans = _plans(wf, seed, count)
-    import asyncio
-
     from ryla_modal.cli._render import make_renderer
 
     renderer = make_renderer(as_json=as_json)
     try:
-        asyncio.run(_run(client, plans, uploads, out, concurrency, no_wait, renderer))
+        with client:
+            _run(client, plans, uploads, out, concurrency, no_wait, renderer)
     except KeyboardInterrupt:
         renderer.close()
         pending = [p for p in plans if not p.finished]
@@ -188,8 +185,8 @@ def _plans(wf: Workflow, seed: str | None, count: int) -> list[_Plan]:
     return plans
 
 
-async def _run(
-    client: AsyncRylaClient,
+def _run(
+    client: RylaClient,
     plans: list[_Plan],
     uploads: list[InputUpload],
     out: Path,
@@ -197,17 +194,23 @@ async def _run(
     no_wait: bool,
     renderer: Renderer,
 ) -> None:
-    import asyncio
+    """Run the plans, ``concurrency`` at a time, on daemon threads.
 
-    gate = asyncio.Semaphore(concurrency)
+    The sync client (one httpx pool, thread-safe) keeps a one-job run free of asyncio's start-up
+    cost.  Daemon threads, because Ctrl-C must return at once and leave the jobs running: a
+    thread blocked in a long poll is abandoned, not joined.
+    """
+    import threading
 
-    async def one(plan: _Plan) -> None:
-        async with gate:
+    gate = threading.BoundedSemaphore(concurrency)
+
+    def one(plan: _Plan) -> None:
+        with gate:
             try:
                 if no_wait:
-                    await client.submit(plan.workflow, job_id=plan.job_id, inputs=uploads)
+                    client.submit(plan.workflow, job_id=plan.job_id, inputs=uploads)
                 else:
-                    plan.result = await client.generate(
+                    plan.result = client.generate(
                         plan.workflow,
                         job_id=plan.job_id,
                         inputs=uploads,
@@ -217,11 +220,19 @@ async def _run(
                     )
             except RylaError as exc:
                 plan.error = exc
-            # not in a `finally`: a job whose wait was cancelled by Ctrl-C is still unfinished
+            except Exception as exc:  # a bug must not vanish with its thread
+                plan.error = RylaError(f"unexpected {type(exc).__name__}: {exc}")
             plan.finished = True
 
-    async with client:
-        await asyncio.gather(*(one(p) for p in plans))
+    if len(plans) == 1:
+        one(plans[0])
+        return
+    threads = [threading.Thread(target=one, args=(p,), daemon=True) for p in plans]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():  # joined in slices so Ctrl-C reaches this thread promptly
+            t.join(timeout=0.2)
 
 
 def _report(plans: list[_Plan], *, no_wait: bool, as_json: bool) -> int:
