@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ryla_modal.modal_settings import CustomNode
 
-COMFY_DIR = "/root/comfy/ComfyUI"
+COMFY_DIR = "/opt/ryla/ComfyUI"  # inside the image, beside the object_info snapshot
 MODELS_DIR = "/models"  # the models Volume
 OUTPUTS_DIR = "/outputs"  # the outputs Volume: the worker writes, the gateway serves
 OBJECT_INFO_PATH = "/opt/ryla/object_info.json"
