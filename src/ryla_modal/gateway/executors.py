@@ -156,6 +156,28 @@ def log_event(record: JobRecord) -> None:
         log.info("job %s %s", record.job_id, record.status)
 
 
+def store_outputs(store: JobStore, job_id: str, result: RunResult) -> list[OutputInfo]:
+    """Hand a finished run's files to the store; the records the job will list."""
+    outputs: list[OutputInfo] = []
+    for out in result.outputs:
+        src: Path | bytes | None = out.path if out.path is not None else out.data
+        if src is None:
+            raise OutputIntegrityError(f"output {out.index} of job {job_id} has no content")
+        store.put_output(job_id, out.index, src)
+        outputs.append(
+            OutputInfo(
+                index=out.index,
+                node_id=out.node_id,
+                filename=out.filename,
+                kind=out.kind,
+                mime=out.mime,
+                size=out.size,
+                sha256=out.sha256,
+            )
+        )
+    return outputs
+
+
 def finish(
     store: JobStore, job_id: str, status: str, error: JobError | None, **fields: Any
 ) -> None:
@@ -406,23 +428,7 @@ class LocalExecutor:
         self._succeed(job_id, result, queued_s)
 
     def _succeed(self, job_id: str, result: RunResult, queued_s: float) -> None:
-        outputs: list[OutputInfo] = []
-        for out in result.outputs:
-            src: Path | bytes | None = out.path if out.path is not None else out.data
-            if src is None:
-                raise OutputIntegrityError(f"output {out.index} of job {job_id} has no content")
-            self.store.put_output(job_id, out.index, src)
-            outputs.append(
-                OutputInfo(
-                    index=out.index,
-                    node_id=out.node_id,
-                    filename=out.filename,
-                    kind=out.kind,
-                    mime=out.mime,
-                    size=out.size,
-                    sha256=out.sha256,
-                )
-            )
+        outputs = store_outputs(self.store, job_id, result)
         progress = self.store.get(job_id)
         done = progress.progress if progress is not None else None
         total = done.nodes_total if done is not None else 0

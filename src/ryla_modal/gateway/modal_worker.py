@@ -34,7 +34,7 @@ from ryla_modal.comfy.process import ComfyProcess
 from ryla_modal.comfy.runner import ComfyRunner, InputFile
 from ryla_modal.comfy.runner import Progress as RunnerProgress
 from ryla_modal.errors import ComfyUIUnavailable
-from ryla_modal.gateway.executors import finish, job_error, log_event
+from ryla_modal.gateway.executors import finish, job_error, log_event, store_outputs
 from ryla_modal.gateway.modal_backend import DictJobStore, outputs_dir
 from ryla_modal.gateway.schemas import (
     ERR_CANCELLED,
@@ -42,7 +42,6 @@ from ryla_modal.gateway.schemas import (
     ERR_INVALID_INPUT,
     TERMINAL_STATUSES,
     JobError,
-    OutputInfo,
     Progress,
 )
 from ryla_modal.modal_settings import AppSettings, comfyui_command
@@ -223,22 +222,7 @@ class ModalWorker:
                 timeout_s=float(timeout) if timeout else None,
                 cancel=cancel,
             )
-            outputs: list[OutputInfo] = []
-            for out in result.outputs:
-                src = out.path if out.path is not None else out.data
-                assert src is not None
-                self.store.put_output(job_id, out.index, src)
-                outputs.append(
-                    OutputInfo(
-                        index=out.index,
-                        node_id=out.node_id,
-                        filename=out.filename,
-                        kind=out.kind,
-                        mime=out.mime,
-                        size=out.size,
-                        sha256=out.sha256,
-                    )
-                )
+            outputs = store_outputs(self.store, job_id, result)
             total = len(payload["workflow"])
             finish(
                 self.store,
