@@ -364,3 +364,33 @@ def test_wrong_checksum_is_an_error_and_leaves_nothing(kind: str, tmp_path: Path
     finally:
         server.stop()
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"status": "exploded"}, "job.status"),
+        ({"created_at": "yesterday"}, "job.created_at"),
+        ({"job_id": None}, "job.job_id"),
+        ({"outputs": [{"index": 0, "node_id": "9", "filename": "a.png"}]}, "job.outputs[0].kind"),
+        ({"progress": ["not", "an", "object"]}, "job.progress"),
+        ({"timings": {"executing": "slow"}}, "job.timings.executing"),
+    ],
+)
+def test_malformed_job_answer_is_an_error_naming_the_field(
+    kind: str, fields: dict[str, Any], named: str, tmp_path: Path
+) -> None:
+    server = UvicornThread(create_hostile_app(job_fields=fields))
+    server.start()
+    try:
+
+        async def scenario(client: Any) -> Any:
+            return await call(client.generate(simple_workflow("h"), out_dir=tmp_path / "o"))
+
+        with pytest.raises(EndpointUnavailable, match="did not answer with a job") as info:
+            run(kind, server.url, scenario)
+    finally:
+        server.stop()
+    assert named in info.value.message
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

@@ -29,6 +29,16 @@ _EXPORTS: dict[str, str] = {
     "WorkflowError": "ryla_modal.errors",
     "WorkflowFormatError": "ryla_modal.errors",
     "WorkflowValidationError": "ryla_modal.errors",
+    "AsyncRylaClient": "ryla_modal.client",
+    "GenerateResult": "ryla_modal.client",
+    "InputUpload": "ryla_modal.client",
+    "JobEvent": "ryla_modal.client",
+    "RylaClient": "ryla_modal.client",
+    "SavedOutput": "ryla_modal.client",
+    "Job": "ryla_modal.job",
+    "JobError": "ryla_modal.job",
+    "OutputInfo": "ryla_modal.job",
+    "Progress": "ryla_modal.job",
     "Workflow": "ryla_modal.workflow",
     "load_workflow": "ryla_modal.workflow",
     "AppInfo": "ryla_modal.deploy.modal_cli",
@@ -41,6 +51,14 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from ryla_modal.client import (  # noqa: F401
+        AsyncRylaClient,
+        GenerateResult,
+        InputUpload,
+        JobEvent,
+        RylaClient,
+        SavedOutput,
+    )
     from ryla_modal.deploy.modal_cli import (  # noqa: F401
         AppInfo,
         DeployResult,
@@ -66,6 +84,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         WorkflowFormatError,
         WorkflowValidationError,
     )
+    from ryla_modal.job import Job, JobError, OutputInfo, Progress  # noqa: F401
     from ryla_modal.workflow import Workflow, load_workflow  # noqa: F401
 
 

@@ -12,7 +12,8 @@ callback.
 
 from __future__ import annotations
 
-import asyncio
+# asyncio is imported inside AsyncRylaClient's methods: a sync caller (every `ryla generate`)
+# would otherwise pay ~17 ms for it at start-up.
 import base64
 import dataclasses
 import ssl
@@ -44,7 +45,7 @@ from ryla_modal.errors import (
     WorkflowFormatError,
     WorkflowValidationError,
 )
-from ryla_modal.gateway.schemas import Job
+from ryla_modal.job import Job
 from ryla_modal.outputs import manifest_path, output_name, save_stream, write_json_atomic
 from ryla_modal.policy import (
     Deadline,
@@ -281,7 +282,7 @@ class _Core:
     def parse_job(self, response: httpx.Response, *, job_id: str | None = None) -> Job:
         self.check(response, job_id=job_id)
         try:
-            return Job.model_validate(response.json())
+            return Job.from_dict(response.json())
         except ValueError as exc:
             raise EndpointUnavailable(
                 f"{self.settings.endpoint} did not answer with a job: {exc}"
@@ -300,7 +301,7 @@ class _Core:
         if err is not None and err.node_errors:
             raise WorkflowValidationError(
                 f"job {job.job_id}: the workflow was rejected: {message}",
-                error=err.model_dump(),
+                error=err.to_dict(),
                 node_errors=dict(err.node_errors),
             )
         raise ExecutionError(
@@ -739,6 +740,8 @@ class AsyncRylaClient:
     async def _send(
         self, req: _Request, *, deadline: Deadline | None = None, job_id: str | None = None
     ) -> httpx.Response:
+        import asyncio
+
         deadline = deadline or Deadline(self._core.settings.request_budget_s)
         retrying = AsyncRetrying(**self._core.retry_kwargs(deadline, asyncio.sleep))
 
@@ -867,6 +870,8 @@ class AsyncRylaClient:
     async def _download_one(
         self, job: Job, index: int, folder: Path, node_id: str, filename: str, sha256: str | None
     ) -> SavedOutput:
+        import asyncio
+
         req = self._core.output(job.job_id, index)
         deadline = Deadline(self._core.settings.request_budget_s)
         retrying = AsyncRetrying(**self._core.retry_kwargs(deadline, asyncio.sleep))
@@ -919,6 +924,8 @@ class AsyncRylaClient:
         write_manifest: bool = True,
         manifest_extra: Mapping[str, Any] | None = None,
     ) -> GenerateResult:
+        import asyncio
+
         wf = _workflow_dict(workflow)
         job_id = job_id or str(uuid.uuid4())
         started = time.monotonic()

@@ -1,4 +1,5 @@
-"""A gateway that lies: output names that try to escape the output folder, and a wrong sha256.
+"""A gateway that lies: output names that try to escape the output folder, a wrong sha256,
+malformed job answers.
 
 It speaks the job API's shapes (so the real client parses it) and nothing else: every job is
 already ``succeeded`` with the outputs listed in ``OUTPUTS``.
@@ -25,7 +26,10 @@ OUTPUTS: list[tuple[str, str]] = [
 WRONG_SHA = "0" * 64
 
 
-def create_hostile_app(*, wrong_checksum: bool = False) -> FastAPI:
+def create_hostile_app(
+    *, wrong_checksum: bool = False, job_fields: dict[str, Any] | None = None
+) -> FastAPI:
+    """``job_fields`` replaces fields of every job answer (a malformed answer)."""
     app = FastAPI()
     outputs = list(OUTPUTS)
     if wrong_checksum:
@@ -33,7 +37,7 @@ def create_hostile_app(*, wrong_checksum: bool = False) -> FastAPI:
 
     def job(job_id: str) -> dict[str, Any]:
         now = time.time()
-        return {
+        answer = {
             "job_id": job_id,
             "status": "succeeded",
             "phase": "done",
@@ -55,6 +59,7 @@ def create_hostile_app(*, wrong_checksum: bool = False) -> FastAPI:
             "error": None,
             "timings": {"executing": 0.1},
         }
+        return {**answer, **(job_fields or {})}
 
     @app.post("/jobs")
     async def submit(request: Request) -> JSONResponse:

@@ -1,12 +1,10 @@
 """The job API's request and response bodies: these pydantic models *are* the contract.
 
-FastAPI publishes them in its OpenAPI document, the client parses answers with them, and the
-job stores keep ``JobRecord`` (the public ``Job`` plus what only the server needs).  Times are
-seconds since the Unix epoch (floats), so they survive JSON, SQLite and ``modal.Dict`` alike.
-
-    job = Job.model_validate(response.json())
-    if job.status == "succeeded":
-        for out in job.outputs: ...
+FastAPI publishes them in its OpenAPI document and the job stores keep ``JobRecord`` (the public
+``Job`` plus what only the server needs).  Clients read the same shape with the plain dataclasses
+of :mod:`ryla_modal.job` (no pydantic on the client's start-up path), which share the status and
+phase vocabulary defined there.  Times are seconds since the Unix epoch (floats), so they survive
+JSON, SQLite and ``modal.Dict`` alike.
 """
 
 from __future__ import annotations
@@ -19,18 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ryla_modal import defaults
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobPhase = Literal[
-    "waiting_for_gpu",
-    "starting_comfyui",
-    "uploading_inputs",
-    "executing",
-    "collecting_outputs",
-    "done",
-]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-ACTIVE_STATUSES: frozenset[str] = frozenset({"queued", "running"})
+from ryla_modal.job import ACTIVE_STATUSES, TERMINAL_STATUSES, JobPhase, JobStatus
 
 #: Job ids end up in URLs, file names and ComfyUI's prompt_id: a UUID fits, so does any short
 #: token of letters, digits, ``-`` and ``_``.
