@@ -18,6 +18,7 @@ Goals: b/c <= 0.5; in-process RylaClient.generate over the direct client <= 15 m
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import secrets
@@ -40,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.fakes.comfyui_command import fake_comfyui_command  # noqa: E402
 
+import ryla_modal  # noqa: E402
 from ryla_modal.client import RylaClient  # noqa: E402
 from ryla_modal.comfy.process import ComfyProcess, free_port  # noqa: E402
 
@@ -105,6 +107,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
+    # A pip install compiles ryla's bytecode; an editable checkout under PYTHONDONTWRITEBYTECODE
+    # (CI images set it) would recompile every module on every run. Time what users run.
+    compileall.compile_dir(Path(ryla_modal.__file__).parent, quiet=1)
     work = Path(tempfile.mkdtemp(prefix="ryla-bench-overhead-"))
     comfy: ComfyProcess | None = None
     comfy_url = os.environ.get("RYLA_BENCH_COMFYUI_URL")

@@ -54,3 +54,41 @@ def test_public_all_is_complete_and_sorted() -> None:
     assert list(ryla_modal.__all__) == sorted(ryla_modal.__all__)
     for name in ryla_modal.__all__:
         assert getattr(ryla_modal, name) is not None
+
+
+def test_readme_imports_exist() -> None:
+    """Every ``from ryla_modal import ...`` in README.md names a public export."""
+    import re
+    from pathlib import Path
+
+    import ryla_modal
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    imported = [
+        name.strip()
+        for names in re.findall(r"^from ryla_modal import ([\w, ]+)$", readme, re.M)
+        for name in names.split(",")
+    ]
+    assert "RylaClient" in imported
+    for name in imported:
+        assert name in ryla_modal.__all__, name
+        assert getattr(ryla_modal, name) is not None
+
+
+def test_generate_path_imports_only_what_it_uses() -> None:
+    """A one-job `ryla generate` is mostly start-up: keep pydantic, typer, asyncio, the server
+    side and the other commands off its import path (bench/overhead.py has the timing)."""
+    code = (
+        "import sys\n"
+        "from ryla_modal.cli import main\n"
+        "rc = main(['generate', '--help'])\n"
+        "import ryla_modal.client, ryla_modal.cli._render, ryla_modal.workflow\n"
+        "from ryla_modal import RylaClient\n"
+        "unwanted = ('pydantic', 'typer', 'asyncio', 'fastapi', 'uvicorn', 'modal', 'websockets',\n"
+        "            'ryla_modal.gateway.schemas', 'ryla_modal.cli.serve_cmd',\n"
+        "            'ryla_modal.cli.modal_cmds', 'ryla_modal.cli.jobs_cmd')\n"
+        "print('RC=%s LOADED=%s' % (rc, ','.join(m for m in unwanted if m in sys.modules)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "RC=0 LOADED="

@@ -60,7 +60,7 @@ IMAGE_PACKAGES: tuple[str, ...] = (
     "fastapi[standard]>=0.110",
     "uvicorn>=0.30",
     "rich>=13",
-    "typer>=0.29,<0.30",
+    "click>=8.1,<9",
     "huggingface_hub>=0.24",
 )
 

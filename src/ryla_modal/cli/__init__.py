@@ -1,63 +1,83 @@
-"""The ``ryla`` command line: thin typer glue over the library.
+"""The ``ryla`` command line: thin click glue over the library.
 
-Each noun lives in its own module and registers its commands here.  Commands import heavy
-dependencies (modal, fastapi, uvicorn, websockets) inside their bodies so ``ryla --help`` is fast.
+Each noun lives in its own module, named in ``COMMANDS`` and imported only when that command
+runs (or ``--help`` lists them all); commands import heavy dependencies (modal, fastapi, uvicorn,
+httpx) inside their bodies.  A one-job `ryla generate` is mostly interpreter and import time, so
+this is what keeps it fast (bench/overhead.py).  Plain click, not typer: typer 0.29 builds a
+pydantic TypeAdapter for every parameter on every run, ~0.2 s; click is installed anyway
+(uvicorn needs it).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-import typer
+import click
 
 from ryla_modal import __version__
-from ryla_modal.cli import generate_cmd, jobs_cmd, modal_cmds, serve_cmd
 from ryla_modal.cli._errors import run_app
 
-app = typer.Typer(
+#: command name -> "module:attribute" of its click command
+COMMANDS: dict[str, str] = {
+    "apps": "ryla_modal.cli.modal_cmds:apps_cmd",
+    "deploy": "ryla_modal.cli.modal_cmds:deploy_cmd",
+    "generate": "ryla_modal.cli.generate_cmd:generate_cmd",
+    "health": "ryla_modal.cli.jobs_cmd:health_cmd",
+    "jobs": "ryla_modal.cli.jobs_cmd:jobs_app",
+    "logs": "ryla_modal.cli.modal_cmds:logs_cmd",
+    "serve": "ryla_modal.cli.serve_cmd:serve_cmd",
+    "stop": "ryla_modal.cli.modal_cmds:stop_cmd",
+    "validate": "ryla_modal.cli.jobs_cmd:validate_cmd",
+}
+
+ROOT_HELP = """Run ComfyUI workflows on Modal GPUs: deploy the worker, generate images and videos,
+and read logs with hard deadlines.
+
+Examples:
+
+\b
+  ryla deploy
+  ryla generate examples/workflows/demo_model_free.json --out outputs
+  ryla logs ryla-comfyui --timeout 30
+
+Every command takes -h/--help, and --json where it prints data.
+"""
+
+
+class _LazyGroup(click.Group):
+    """A group that imports a command's module only when that command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command), target
+        return command
+
+
+@click.group(
+    cls=_LazyGroup,
     name="ryla",
-    help=(
-        "Run ComfyUI workflows on Modal GPUs: deploy the worker, generate images and videos,"
-        " and read logs with hard deadlines.\n\n"
-        "Examples:\n\n"
-        "  ryla deploy\n\n"
-        "  ryla generate examples/workflows/demo_model_free.json --out outputs\n\n"
-        "  ryla logs ryla-comfyui --timeout 30"
-    ),
+    help=ROOT_HELP,
     no_args_is_help=True,
-    # Plain click help: rendering it through rich costs ~0.14 s of a 0.21 s `ryla --help`
-    # (bench/startup.py), and plain text pipes cleanly.
-    rich_markup_mode=None,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
 )
-
-
-def _version_callback(value: bool) -> None:
-    if value:
-        print(f"ryla {__version__}")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False,
-        "--version",
-        "-V",
-        help="Print the version and exit.",
-        callback=_version_callback,
-        is_eager=True,
-    ),
-) -> None:
+@click.version_option(
+    __version__,
+    "--version",
+    "-V",
+    prog_name="ryla",
+    message="%(prog)s %(version)s",
+    help="Print the version and exit.",
+)
+def app() -> None:
     """Run ComfyUI workflows on Modal GPUs."""
-
-
-generate_cmd.register(app)
-jobs_cmd.register(app)
-modal_cmds.register(app)
-serve_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

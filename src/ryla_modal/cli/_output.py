@@ -24,3 +24,8 @@ def print_json(obj: Any) -> None:
 
 def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
+
+
+def examples(*commands: str) -> str:
+    """A help epilog of example command lines, kept one per line (click's ``\\b`` marker)."""
+    return "Examples:\n\n\b\n" + "\n".join(f"  {c}" for c in commands) + "\n"

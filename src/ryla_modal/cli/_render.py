@@ -9,6 +9,7 @@ Three renderers with one interface (``event(label, JobEvent)``, ``close()``):
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -17,7 +18,7 @@ from ryla_modal.cli._output import note, print_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from ryla_modal.client import JobEvent
-    from ryla_modal.gateway.schemas import Job
+    from ryla_modal.job import Job
 
 COLD_START_NOTE = "waiting for a GPU container (cold starts take 2-5 min)"
 
@@ -66,7 +67,7 @@ def event_json(label: str, ev: JobEvent) -> dict[str, Any]:
         "elapsed_s": round(ev.elapsed_s, 3),
     }
     if job.progress is not None:
-        data["progress"] = job.progress.model_dump()
+        data["progress"] = dataclasses.asdict(job.progress)
     if ev.output is not None:
         data["output"] = {
             "index": ev.output.index,

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import typer
+import click
 
 from ryla_modal import defaults
-from ryla_modal.cli._output import note, print_json
+from ryla_modal.cli._output import examples, note, print_json
 from ryla_modal.errors import EXIT_INTERRUPTED, EXIT_TIMEOUT, RylaError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,16 +35,12 @@ Exit codes: 0 ok, 1 other, 2 usage, 3 workflow invalid, 4 execution failed, 5 au
 {EXIT_TIMEOUT} timed out (the job keeps running), 130 interrupted.
 """
 
-GENERATE_EXAMPLES = """Examples:
-
-  ryla generate examples/workflows/sd15_txt2img.json
-
-  ryla generate wf.json --set 6.text="a red fox in the snow" --seed random --count 4
-
-  ryla generate wf.json --input photo.png --set LoadImage.image=photo.png --out renders
-
-  ryla generate wf.json --no-wait --json
-"""
+GENERATE_EXAMPLES = examples(
+    "ryla generate examples/workflows/sd15_txt2img.json",
+    'ryla generate wf.json --set 6.text="a red fox in the snow" --seed random --count 4',
+    "ryla generate wf.json --input photo.png --set LoadImage.image=photo.png --out renders",
+    "ryla generate wf.json --no-wait --json",
+)
 
 
 @dataclass
@@ -58,51 +54,82 @@ class _Plan:
     finished: bool = False
 
 
-def register(app: typer.Typer) -> None:
-    app.command(
-        "generate",
-        help=" ".join(GENERATE_HELP.split("\n\n")[0].split()) + "\n\n" + _rest(GENERATE_HELP),
-        epilog=GENERATE_EXAMPLES,
-    )(generate_cmd)
-
-
-def _rest(text: str) -> str:
-    return "\n\n".join(" ".join(p.split()) for p in text.strip().split("\n\n")[1:])
-
-
+@click.command(
+    "generate",
+    help=GENERATE_HELP,
+    epilog=GENERATE_EXAMPLES,
+)
+@click.argument("workflow", metavar="WORKFLOW")
+@click.option(
+    "--endpoint",
+    metavar="URL",
+    help="Gateway URL (default: RYLA_ENDPOINT, ryla.toml, last deploy).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    metavar="NODE.INPUT=VALUE",
+    multiple=True,
+    help="Change one input; NODE is an id, a unique class_type or a title. Repeatable.",
+)
+@click.option("--seed", metavar="N|random", help="Seed for every sampler: a number, or 'random'.")
+@click.option(
+    "--input",
+    "inputs",
+    metavar="FILE",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A file for ComfyUI's input folder (LoadImage by its name). Repeatable.",
+)
+@click.option(
+    "--out",
+    "-o",
+    metavar="DIR",
+    type=click.Path(path_type=Path),
+    default=Path("outputs"),
+    help="Folder for outputs.",
+)
+@click.option(
+    "--count", "-n", metavar="N", type=click.IntRange(1, 1000), default=1, help="How many jobs."
+)
+@click.option(
+    "--concurrency", metavar="C", type=click.IntRange(1, 64), default=4, help="Jobs at once."
+)
+@click.option(
+    "--timeout",
+    metavar="S",
+    type=click.FloatRange(min=1),
+    help=f"Execution budget in seconds [default: {defaults.EXECUTION_TIMEOUT_S:g}].",
+)
+@click.option(
+    "--cold-start-timeout",
+    metavar="S",
+    type=click.FloatRange(min=1),
+    help="Budget for a GPU container to pick the job up, in seconds"
+    f" [default: {defaults.COLD_START_TIMEOUT_S:g}].",
+)
+@click.option("--no-wait", is_flag=True, help="Submit, print the job ids, exit.")
+@click.option("--json", "as_json", is_flag=True, help="NDJSON events and a result on stdout.")
 def generate_cmd(
-    workflow: str = typer.Argument(..., metavar="WORKFLOW", help="Workflow JSON file, or -."),
-    endpoint: str | None = typer.Option(
-        None, "--endpoint", help="Gateway URL (default: RYLA_ENDPOINT, ryla.toml, last deploy)."
-    ),
-    overrides: list[str] = typer.Option(  # noqa: B008
-        [], "--set", help="NODE.INPUT=VALUE; NODE is an id, a unique class_type or a title."
-    ),
-    seed: str | None = typer.Option(None, "--seed", help="A number, or 'random'."),
-    inputs: list[Path] = typer.Option(  # noqa: B008
-        [], "--input", help="A file for ComfyUI's input folder (LoadImage by its name)."
-    ),
-    out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Folder for outputs."),  # noqa: B008
-    count: int = typer.Option(1, "--count", "-n", min=1, max=1000, help="How many jobs."),
-    concurrency: int = typer.Option(4, "--concurrency", min=1, max=64, help="Jobs at once."),
-    timeout: float | None = typer.Option(
-        None, "--timeout", min=1, help=f"Execution budget, s [{defaults.EXECUTION_TIMEOUT_S:g}]."
-    ),
-    cold_start_timeout: float | None = typer.Option(
-        None,
-        "--cold-start-timeout",
-        min=1,
-        help=f"Budget for a GPU to pick the job up, s [{defaults.COLD_START_TIMEOUT_S:g}].",
-    ),
-    no_wait: bool = typer.Option(False, "--no-wait", help="Submit, print the job ids, exit."),
-    as_json: bool = typer.Option(False, "--json", help="NDJSON events and a result on stdout."),
+    workflow: str,
+    endpoint: str | None,
+    overrides: tuple[str, ...],
+    seed: str | None,
+    inputs: tuple[Path, ...],
+    out: Path,
+    count: int,
+    concurrency: int,
+    timeout: float | None,
+    cold_start_timeout: float | None,
+    no_wait: bool,
+    as_json: bool,
 ) -> int:
     from ryla_modal.client import InputUpload, RylaClient
 
     uploads: list[InputUpload] = []
     for path in inputs:
         if not path.is_file():
-            raise typer.BadParameter(f"{path}: no such file", param_hint="--input")
+            raise click.BadParameter(f"{path}: no such file", param_hint="--input")
         uploads.append(InputUpload.from_path(path))
     wf = load_for_endpoint(workflow, endpoint)
     client = RylaClient(endpoint, cold_start_timeout=cold_start_timeout, execution_timeout=timeout)
@@ -175,7 +202,7 @@ def _plans(wf: Workflow, seed: str | None, count: int) -> list[_Plan]:
             try:
                 base = int(seed)
             except ValueError:
-                raise typer.BadParameter(
+                raise click.BadParameter(
                     f"must be a whole number or 'random', not {seed!r}", param_hint="--seed"
                 ) from None
             this, seeds = wf.with_seed(base + i)

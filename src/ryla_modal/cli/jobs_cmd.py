@@ -5,38 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import typer
+import click
 
-from ryla_modal.cli._output import note, print_json
+from ryla_modal.cli._output import examples, note, print_json
 from ryla_modal.errors import EXIT_INTERRUPTED
 
 if TYPE_CHECKING:  # pragma: no cover
     from ryla_modal.client import RylaClient
-    from ryla_modal.gateway.schemas import Job
+    from ryla_modal.job import Job
 
 _ENDPOINT_HELP = "Gateway URL (default: RYLA_ENDPOINT, ryla.toml, last deploy)."
 
-jobs_app = typer.Typer(
-    name="jobs",
-    help="Look at, wait for, or cancel a job by its id.",
-    no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+_endpoint_option = click.option("--endpoint", metavar="URL", help=_ENDPOINT_HELP)
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(jobs_app, name="jobs")
-    app.command(
-        "health",
-        help="Check that the deployment answers; --wake starts a GPU container and shows the"
-        " cold start.",
-        epilog="Examples:\n\n  ryla health\n\n  ryla health --wake --json",
-    )(health_cmd)
-    app.command(
-        "validate",
-        help="Check a workflow against the deployment's nodes and model files, without a GPU.",
-        epilog="Examples:\n\n  ryla validate examples/workflows/sd15_txt2img.json",
-    )(validate_cmd)
+@click.group("jobs", no_args_is_help=True)
+def jobs_app() -> None:
+    """Look at, wait for, or cancel a job by its id."""
 
 
 def _client(endpoint: str | None) -> RylaClient:
@@ -52,18 +37,17 @@ def _job_line(job: Job) -> str:
 
 
 @jobs_app.command(
-    "status", epilog="Examples:\n\n  ryla jobs status 3f2c...\n\n  ryla jobs status 3f2c... --json"
+    "status", epilog=examples("ryla jobs status 3f2c...", "ryla jobs status 3f2c... --json")
 )
-def status_cmd(
-    job_id: str = typer.Argument(..., metavar="JOB_ID"),
-    endpoint: str | None = typer.Option(None, "--endpoint", help=_ENDPOINT_HELP),
-    as_json: bool = typer.Option(False, "--json", help="The job as JSON on stdout."),
-) -> int:
+@click.argument("job_id", metavar="JOB_ID")
+@_endpoint_option
+@click.option("--json", "as_json", is_flag=True, help="The job as JSON on stdout.")
+def status_cmd(job_id: str, endpoint: str | None, as_json: bool) -> int:
     """Print a job's status, phase and progress."""
     with _client(endpoint) as client:
         job = client.status(job_id)
     if as_json:
-        print_json(job.model_dump())
+        print_json(job.to_dict())
     else:
         print(_job_line(job))
         if job.error is not None:
@@ -72,19 +56,37 @@ def status_cmd(
 
 
 @jobs_app.command(
-    "wait",
-    epilog="Examples:\n\n  ryla jobs wait 3f2c... --out renders\n\n  ryla jobs wait 3f2c... --json",
+    "wait", epilog=examples("ryla jobs wait 3f2c... --out renders", "ryla jobs wait 3f2c... --json")
 )
+@click.argument("job_id", metavar="JOB_ID")
+@_endpoint_option
+@click.option(
+    "--out",
+    "-o",
+    metavar="DIR",
+    type=click.Path(path_type=Path),
+    default=Path("outputs"),
+    help="Folder for outputs.",
+)
+@click.option(
+    "--timeout", metavar="S", type=click.FloatRange(min=1), help="Execution budget in seconds."
+)
+@click.option(
+    "--cold-start-timeout",
+    metavar="S",
+    type=click.FloatRange(min=1),
+    help="Cold-start budget in seconds.",
+)
+@click.option("--download/--no-download", default=True, help="Save the outputs.")
+@click.option("--json", "as_json", is_flag=True, help="NDJSON events and the job on stdout.")
 def wait_cmd(
-    job_id: str = typer.Argument(..., metavar="JOB_ID"),
-    endpoint: str | None = typer.Option(None, "--endpoint", help=_ENDPOINT_HELP),
-    out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Folder for outputs."),  # noqa: B008
-    timeout: float | None = typer.Option(None, "--timeout", min=1, help="Execution budget, s."),
-    cold_start_timeout: float | None = typer.Option(
-        None, "--cold-start-timeout", min=1, help="Cold-start budget, s."
-    ),
-    download: bool = typer.Option(True, "--download/--no-download", help="Save the outputs."),
-    as_json: bool = typer.Option(False, "--json", help="NDJSON events and the job on stdout."),
+    job_id: str,
+    endpoint: str | None,
+    out: Path,
+    timeout: float | None,
+    cold_start_timeout: float | None,
+    download: bool,
+    as_json: bool,
 ) -> int:
     """Wait for a job (again) and save its outputs: how `ryla generate` is resumed."""
     from ryla_modal.cli._render import make_renderer
@@ -110,38 +112,42 @@ def wait_cmd(
     finally:
         renderer.close()
     if as_json:
-        print_json(
-            {"type": "result", "job": job.model_dump(), "files": [str(f.path) for f in files]}
-        )
+        print_json({"type": "result", "job": job.to_dict(), "files": [str(f.path) for f in files]})
     else:
         for f in files:
             print(f.path)
     return 0
 
 
-@jobs_app.command("cancel", epilog="Examples:\n\n  ryla jobs cancel 3f2c...")
-def cancel_cmd(
-    job_id: str = typer.Argument(..., metavar="JOB_ID"),
-    endpoint: str | None = typer.Option(None, "--endpoint", help=_ENDPOINT_HELP),
-    as_json: bool = typer.Option(False, "--json", help="The job as JSON on stdout."),
-) -> int:
+@jobs_app.command("cancel", epilog=examples("ryla jobs cancel 3f2c..."))
+@click.argument("job_id", metavar="JOB_ID")
+@_endpoint_option
+@click.option("--json", "as_json", is_flag=True, help="The job as JSON on stdout.")
+def cancel_cmd(job_id: str, endpoint: str | None, as_json: bool) -> int:
     """Ask the server to stop a job (ComfyUI is interrupted if it is running)."""
     with _client(endpoint) as client:
         job = client.cancel(job_id)
     if as_json:
-        print_json(job.model_dump())
+        print_json(job.to_dict())
     else:
         print(_job_line(job))
     return 0
 
 
+@click.command(
+    "health",
+    help="Check that the deployment answers; --wake starts a GPU container and shows the"
+    " cold start.",
+    epilog=examples("ryla health", "ryla health --wake --json"),
+)
+@_endpoint_option
+@click.option("--wake", is_flag=True, help="Start a GPU container now (a cold start).")
+@click.option(
+    "--cold-start-timeout", metavar="S", type=click.FloatRange(min=1), help="Budget for --wake, s."
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
 def health_cmd(
-    endpoint: str | None = typer.Option(None, "--endpoint", help=_ENDPOINT_HELP),
-    wake: bool = typer.Option(False, "--wake", help="Start a GPU container now (cold start)."),
-    cold_start_timeout: float | None = typer.Option(
-        None, "--cold-start-timeout", min=1, help="Budget for --wake, s."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
+    endpoint: str | None, wake: bool, cold_start_timeout: float | None, as_json: bool
 ) -> int:
     from ryla_modal.cli._render import make_renderer
 
@@ -167,13 +173,24 @@ def health_cmd(
     return 0
 
 
+@click.command(
+    "validate",
+    help="Check a workflow against the deployment's nodes and model files, without a GPU."
+    "\n\nWORKFLOW is a workflow JSON file (API or UI format), or - for stdin.",
+    epilog=examples("ryla validate examples/workflows/sd15_txt2img.json"),
+)
+@click.argument("workflow", metavar="WORKFLOW")
+@_endpoint_option
+@click.option(
+    "--set",
+    "overrides",
+    metavar="NODE.INPUT=VALUE",
+    multiple=True,
+    help="Change one input, as for `ryla generate`. Repeatable.",
+)
+@click.option("--json", "as_json", is_flag=True, help="The server's report on stdout.")
 def validate_cmd(
-    workflow: str = typer.Argument(..., metavar="WORKFLOW", help="Workflow JSON file, or -."),
-    endpoint: str | None = typer.Option(None, "--endpoint", help=_ENDPOINT_HELP),
-    overrides: list[str] = typer.Option(  # noqa: B008
-        [], "--set", help="NODE.INPUT=VALUE, as for `ryla generate`."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="The server's report on stdout."),
+    workflow: str, endpoint: str | None, overrides: tuple[str, ...], as_json: bool
 ) -> int:
     from ryla_modal.cli.generate_cmd import load_for_endpoint
     from ryla_modal.errors import WorkflowValidationError

@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import typer
+import click
 
 from ryla_modal import defaults
+from ryla_modal.cli._output import examples
 from ryla_modal.errors import EXIT_INTERRUPTED, EXIT_TIMEOUT, EXIT_USAGE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,7 +46,7 @@ def _process_age() -> float:
 
 
 # A deadline counts from when the user started `ryla`, not from when modal started: the
-# interpreter and typer take a few hundred milliseconds before any command runs.
+# interpreter and our imports take a hundred milliseconds or more before any command runs.
 _STARTED = time.monotonic() - _process_age()
 
 # `ryla logs APP | head` closes our stdout early: leave quietly, the way a killed pipe writer does.
@@ -55,6 +56,8 @@ _EXIT_TERMINATED = 128 + signal.SIGTERM
 _ENV_HELP = "Modal environment (default: the profile's)."
 
 LOGS_HELP = f"""Print an app's recent logs, or follow them, and always return by the deadline.
+
+APP is an app name or id (default: RYLA_APP, the app of the last `ryla deploy`, ryla-comfyui).
 
 Lines are printed as they arrive.  Without --follow, `ryla logs` fetches the recent entries and
 exits 0; if the deadline passes first it prints what arrived and exits {EXIT_TIMEOUT}.  With
@@ -66,26 +69,17 @@ retried inside the same --timeout; an unknown app (exit 1) or a bad token (exit 
 then {{"type": "end", "app", "lines", "timed_out", "follow", "attempts"}}.
 """
 
-LOGS_EXAMPLES = """Examples:
-
-  ryla logs ryla-comfyui --timeout 30
-
-  ryla logs ryla-comfyui --since 1h --search error
-
-  ryla logs ryla-comfyui --follow --timeout 600
-
-  ryla logs ryla-comfyui --tail 50 --json | jq -r 'select(.type=="line").line'
-"""
+LOGS_EXAMPLES = examples(
+    "ryla logs ryla-comfyui --timeout 30",
+    "ryla logs ryla-comfyui --since 1h --search error",
+    "ryla logs ryla-comfyui --follow --timeout 600",
+    """ryla logs ryla-comfyui --tail 50 --json | jq -r 'select(.type=="line").line'""",
+)
 
 APPS_HELP = """List the Modal apps (running, deployed or recently stopped).
 """
 
-APPS_EXAMPLES = """Examples:
-
-  ryla apps
-
-  ryla apps --json --env dev
-"""
+APPS_EXAMPLES = examples("ryla apps", "ryla apps --json --env dev")
 
 STOP_HELP = """Stop a deployed app and its running containers.
 
@@ -93,12 +87,7 @@ Asks for confirmation on a terminal; elsewhere pass --yes.  Stopping an app that
 stopped succeeds with a note.
 """
 
-STOP_EXAMPLES = """Examples:
-
-  ryla stop ryla-comfyui
-
-  ryla stop ryla-comfyui --yes
-"""
+STOP_EXAMPLES = examples("ryla stop ryla-comfyui", "ryla stop ryla-comfyui --yes")
 
 DEPLOY_HELP = f"""Deploy the Modal app and record its endpoint for `ryla generate`.
 
@@ -109,32 +98,18 @@ end.  The endpoint is saved in the user config ($RYLA_CONFIG_DIR/config.toml, el
 APP_FILE defaults to {defaults.DEFAULT_APP_FILE}.
 """
 
-DEPLOY_EXAMPLES = """Examples:
-
-  ryla deploy
-
-  ryla deploy modal_apps/comfyui_app.py --name ryla-comfyui --env dev
-
-  ryla deploy --json
-"""
-
-
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
-    for name, func, text, examples in (
-        ("logs", logs_cmd, LOGS_HELP, LOGS_EXAMPLES),
-        ("apps", apps_cmd, APPS_HELP, APPS_EXAMPLES),
-        ("stop", stop_cmd, STOP_HELP, STOP_EXAMPLES),
-        ("deploy", deploy_cmd, DEPLOY_HELP, DEPLOY_EXAMPLES),
-    ):
-        app.command(name, help=_reflow(text), epilog=examples)(_interruptible(func))
+DEPLOY_EXAMPLES = examples(
+    "ryla deploy",
+    "ryla deploy modal_apps/comfyui_app.py --name ryla-comfyui --env dev",
+    "ryla deploy --json",
+)
 
 
 def _interruptible(func: Callable[..., int]) -> Callable[..., int]:
     """Ctrl-C or SIGTERM: stop the modal process group, say so, exit 130 (143 for SIGTERM).
 
     SIGTERM is turned into the same path as Ctrl-C, so `timeout 60 ryla logs -f` does not orphan
-    a `modal` process.  typer (0.29) would turn a KeyboardInterrupt into a silent 130.
+    a `modal` process.  click would turn a KeyboardInterrupt into a bare Abort.
     """
 
     @functools.wraps(func)
@@ -161,46 +136,67 @@ def _interruptible(func: Callable[..., int]) -> Callable[..., int]:
     return wrapper
 
 
-def _reflow(text: str) -> str:
-    """One line per paragraph: the help renderer keeps single newlines as hard breaks."""
-    return "\n\n".join(" ".join(p.split()) for p in text.strip().split("\n\n"))
+_env_option = click.option("--env", "-e", "environment", metavar="ENV", help=_ENV_HELP)
+
+
+def _timeout_option(default: float, minimum: float = 0.1) -> Callable[[Any], Any]:
+    return click.option(
+        "--timeout",
+        "-t",
+        metavar="S",
+        type=click.FloatRange(min=minimum),
+        default=default,
+        help="Hard deadline in seconds.",
+    )
 
 
 # --- ryla logs ------------------------------------------------------------------------------------
 
 
+@click.command("logs", help=LOGS_HELP, epilog=LOGS_EXAMPLES)
+@click.argument("app_name", metavar="[APP]", required=False)
+@_timeout_option(defaults.MODAL_LOGS_TIMEOUT_S)
+@click.option("--tail", "-n", metavar="N", type=click.IntRange(min=1), help="The last N entries.")
+@click.option("--since", metavar="WHEN", help="Start: '1h', '2d' or ISO 8601.")
+@click.option("--until", metavar="WHEN", help="End: same forms as --since.")
+@click.option("--search", metavar="TEXT", help="Only lines containing TEXT.")
+@click.option("--function-call", metavar="ID", help="Only this FunctionCall (fc-…).")
+@click.option("--container", metavar="ID", help="Only this container (ta-…).")
+@click.option(
+    "--source",
+    type=click.Choice(["stdout", "stderr", "system"]),
+    help="Only this stream.",
+)
+@click.option("--timestamps", is_flag=True, help="Prefix each line with its time.")
+@click.option("--follow", "-f", is_flag=True, help="Stream until --timeout.")
+@click.option(
+    "--retries",
+    metavar="N",
+    type=click.IntRange(min=0),
+    default=defaults.MODAL_RETRIES,
+    help="Extra attempts for transient failures.",
+)
+@_env_option
+@click.option("--json", "as_json", is_flag=True, help="NDJSON on stdout (see above).")
+@_interruptible
 def logs_cmd(
-    app_name: str | None = typer.Argument(
-        None,
-        metavar="APP",
-        help="App name or id (default: RYLA_APP, the last deploy, ryla-comfyui).",
-    ),
-    timeout: float = typer.Option(
-        defaults.MODAL_LOGS_TIMEOUT_S, "--timeout", "-t", min=0.1, help="Hard deadline in seconds."
-    ),
-    tail: int | None = typer.Option(None, "--tail", "-n", min=1, help="The last N entries."),
-    since: str | None = typer.Option(None, "--since", help="Start: '1h', '2d' or ISO 8601."),
-    until: str | None = typer.Option(None, "--until", help="End: same forms as --since."),
-    search: str | None = typer.Option(None, "--search", help="Only lines containing TEXT."),
-    function_call: str | None = typer.Option(
-        None, "--function-call", help="Only this FunctionCall (fc-…)."
-    ),
-    container: str | None = typer.Option(None, "--container", help="Only this container (ta-…)."),
-    source: str | None = typer.Option(None, "--source", help="stdout, stderr or system."),
-    timestamps: bool = typer.Option(False, "--timestamps", help="Prefix each line with its time."),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Stream until --timeout."),
-    retries: int = typer.Option(
-        defaults.MODAL_RETRIES, "--retries", min=0, help="Extra attempts for transient failures."
-    ),
-    environment: str | None = typer.Option(None, "--env", "-e", help=_ENV_HELP),
-    as_json: bool = typer.Option(False, "--json", help="NDJSON on stdout (see above)."),
+    app_name: str | None,
+    timeout: float,
+    tail: int | None,
+    since: str | None,
+    until: str | None,
+    search: str | None,
+    function_call: str | None,
+    container: str | None,
+    source: str | None,
+    timestamps: bool,
+    follow: bool,
+    retries: int,
+    environment: str | None,
+    as_json: bool,
 ) -> int:
     if follow and (since or until or tail is not None):
-        raise typer.BadParameter("--follow cannot be combined with --since, --until or --tail")
-    if source is not None and source not in ("stdout", "stderr", "system"):
-        raise typer.BadParameter(
-            f"must be stdout, stderr or system, not {source!r}", param_hint="--source"
-        )
+        raise click.BadParameter("--follow cannot be combined with --since, --until or --tail")
     from ryla_modal.deploy.modal_cli import ModalCLI
 
     app_name = app_name or _default_app()
@@ -269,17 +265,12 @@ def _logs_end(result: LogsResult) -> dict[str, Any]:
 # --- ryla apps ------------------------------------------------------------------------------------
 
 
-def apps_cmd(
-    environment: str | None = typer.Option(None, "--env", "-e", help=_ENV_HELP),
-    timeout: float = typer.Option(
-        defaults.MODAL_COMMAND_TIMEOUT_S,
-        "--timeout",
-        "-t",
-        min=0.1,
-        help="Hard deadline in seconds.",
-    ),
-    as_json: bool = typer.Option(False, "--json", help="A JSON list on stdout."),
-) -> int:
+@click.command("apps", help=APPS_HELP, epilog=APPS_EXAMPLES)
+@_env_option
+@_timeout_option(defaults.MODAL_COMMAND_TIMEOUT_S)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list on stdout.")
+@_interruptible
+def apps_cmd(environment: str | None, timeout: float, as_json: bool) -> int:
     from ryla_modal.deploy.modal_cli import ModalCLI
 
     rows = ModalCLI().apps(environment=environment, timeout=_budget(timeout))
@@ -312,23 +303,18 @@ def apps_cmd(
 # --- ryla stop ------------------------------------------------------------------------------------
 
 
-def stop_cmd(
-    app_name: str = typer.Argument(..., metavar="APP", help="App name or id."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-    environment: str | None = typer.Option(None, "--env", "-e", help=_ENV_HELP),
-    timeout: float = typer.Option(
-        defaults.MODAL_COMMAND_TIMEOUT_S,
-        "--timeout",
-        "-t",
-        min=0.1,
-        help="Hard deadline in seconds.",
-    ),
-) -> int:
+@click.command("stop", help=STOP_HELP, epilog=STOP_EXAMPLES)
+@click.argument("app_name", metavar="APP")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@_env_option
+@_timeout_option(defaults.MODAL_COMMAND_TIMEOUT_S)
+@_interruptible
+def stop_cmd(app_name: str, yes: bool, environment: str | None, timeout: float) -> int:
     if not yes:
         if not sys.stdin.isatty():
             _note(f"refusing to stop {app_name!r} without confirmation: pass --yes")
             return EXIT_USAGE
-        if not typer.confirm(f"Stop app {app_name!r} and its running containers?", err=True):
+        if not click.confirm(f"Stop app {app_name!r} and its running containers?", err=True):
             _note("not stopped")
             return 1
     from ryla_modal.deploy.modal_cli import ModalCLI
@@ -344,16 +330,15 @@ def stop_cmd(
 # --- ryla deploy ----------------------------------------------------------------------------------
 
 
+@click.command("deploy", help=DEPLOY_HELP, epilog=DEPLOY_EXAMPLES)
+@click.argument("app_file", metavar="[APP_FILE]", default=defaults.DEFAULT_APP_FILE)
+@click.option("--name", metavar="NAME", help="Deployment name (default: the app's).")
+@_env_option
+@_timeout_option(defaults.MODAL_DEPLOY_TIMEOUT_S, minimum=1)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout at the end.")
+@_interruptible
 def deploy_cmd(
-    app_file: str = typer.Argument(
-        defaults.DEFAULT_APP_FILE, metavar="APP_FILE", help="The Modal app to deploy."
-    ),
-    name: str | None = typer.Option(None, "--name", help="Deployment name (default: the app's)."),
-    environment: str | None = typer.Option(None, "--env", "-e", help=_ENV_HELP),
-    timeout: float = typer.Option(
-        defaults.MODAL_DEPLOY_TIMEOUT_S, "--timeout", "-t", min=1, help="Hard deadline in seconds."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout at the end."),
+    app_file: str, name: str | None, environment: str | None, timeout: float, as_json: bool
 ) -> int:
     from ryla_modal.config import record_deployment
     from ryla_modal.deploy.modal_cli import ModalCLI

@@ -21,9 +21,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-import typer
+import click
 
 from ryla_modal import defaults
+from ryla_modal.cli._output import examples
 from ryla_modal.errors import EXIT_USAGE, ComfyUIUnavailable, ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,24 +43,17 @@ when the server stopped are marked failed with the reason.  Binding an address o
 loopback needs a token: set RYLA_TOKEN (clients send it as `Authorization: Bearer ...`).
 """
 
-SERVE_EXAMPLES = """Examples:
-
-  ryla serve --comfyui-dir ~/ComfyUI --comfyui-arg=--cpu
-
-  ryla serve --comfyui-url http://127.0.0.1:8188 --port 8000
-
-  RYLA_TOKEN=$(openssl rand -hex 16) ryla serve --comfyui-dir ~/ComfyUI --host 0.0.0.0
-"""
+SERVE_EXAMPLES = examples(
+    "ryla serve --comfyui-dir ~/ComfyUI --comfyui-arg=--cpu",
+    "ryla serve --comfyui-url http://127.0.0.1:8188 --port 8000",
+    "RYLA_TOKEN=$(openssl rand -hex 16) ryla serve --comfyui-dir ~/ComfyUI --host 0.0.0.0",
+)
 
 log = logging.getLogger("ryla_modal.serve")
 
 
 class _Terminated(BaseException):
     """SIGTERM arrived: leave through the same cleanup as Ctrl-C."""
-
-
-def register(app: typer.Typer) -> None:
-    app.command("serve", help=SERVE_HELP, epilog=SERVE_EXAMPLES)(serve_cmd)
 
 
 def is_loopback(host: str) -> bool:
@@ -71,45 +65,81 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+@click.command("serve", help=SERVE_HELP, epilog=SERVE_EXAMPLES)
+@click.option(
+    "--comfyui-dir",
+    metavar="DIR",
+    type=click.Path(path_type=Path),
+    help="ComfyUI checkout to launch (python main.py ...).",
+)
+@click.option(
+    "--comfyui-python",
+    metavar="PYTHON",
+    help="Python of that checkout (default: the one running ryla).",
+)
+@click.option(
+    "--comfyui-arg",
+    metavar="ARG",
+    multiple=True,
+    help="Extra argument for ComfyUI (repeat; --comfyui-arg=--cpu).",
+)
+@click.option("--comfyui-url", metavar="URL", help="Use a ComfyUI that already runs at this URL.")
+@click.option("--comfyui-command", hidden=True, help="Launch this command as ComfyUI (tests).")
+@click.option(
+    "--comfyui-port",
+    metavar="PORT",
+    type=click.IntRange(1, 65535),
+    help="Port for the launched ComfyUI (default: a free one).",
+)
+@click.option(
+    "--host", metavar="ADDRESS", default=defaults.SERVE_HOST, help="Address to listen on."
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=defaults.SERVE_PORT,
+    help="Port (0: any free one).",
+)
+@click.option(
+    "--token",
+    metavar="TOKEN",
+    envvar="RYLA_TOKEN",
+    show_envvar=True,
+    help="Bearer token clients must send; prefer the RYLA_TOKEN variable to this flag.",
+)
+@click.option(
+    "--data-dir",
+    metavar="DIR",
+    type=click.Path(path_type=Path),
+    default=Path(defaults.SERVE_DATA_DIR),
+    help="Job records and output files.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=defaults.SERVE_WORKERS,
+    help="Jobs handed to ComfyUI at once.",
+)
+@click.option(
+    "--ready-timeout",
+    metavar="S",
+    type=click.FloatRange(min=1),
+    default=defaults.COMFY_READY_TIMEOUT_S,
+    help="ComfyUI start budget in seconds.",
+)
 def serve_cmd(
-    comfyui_dir: Path | None = typer.Option(  # noqa: B008
-        None, "--comfyui-dir", help="ComfyUI checkout to launch (python main.py ...)."
-    ),
-    comfyui_python: str | None = typer.Option(
-        None, "--comfyui-python", help="Python of that checkout (default: the one running ryla)."
-    ),
-    comfyui_arg: list[str] = typer.Option(  # noqa: B008
-        [], "--comfyui-arg", help="Extra argument for ComfyUI (repeat; --comfyui-arg=--cpu)."
-    ),
-    comfyui_url: str | None = typer.Option(
-        None, "--comfyui-url", help="Use a ComfyUI that already runs at this URL."
-    ),
-    comfyui_command: str | None = typer.Option(
-        None, "--comfyui-command", hidden=True, help="Launch this command as ComfyUI (tests)."
-    ),
-    comfyui_port: int | None = typer.Option(
-        None, "--comfyui-port", help="Port for the launched ComfyUI (default: a free one)."
-    ),
-    host: str = typer.Option(defaults.SERVE_HOST, "--host", help="Address to listen on."),
-    port: int = typer.Option(
-        defaults.SERVE_PORT, "--port", min=0, max=65535, help="Port (0: any free one)."
-    ),
-    token: str | None = typer.Option(
-        None,
-        "--token",
-        envvar="RYLA_TOKEN",
-        show_envvar=True,
-        help="Bearer token clients must send; prefer the RYLA_TOKEN variable to this flag.",
-    ),
-    data_dir: Path = typer.Option(  # noqa: B008
-        Path(defaults.SERVE_DATA_DIR), "--data-dir", help="Job records and output files."
-    ),
-    workers: int = typer.Option(
-        defaults.SERVE_WORKERS, "--workers", min=1, max=64, help="Jobs handed to ComfyUI at once."
-    ),
-    ready_timeout: float = typer.Option(
-        defaults.COMFY_READY_TIMEOUT_S, "--ready-timeout", min=1, help="ComfyUI start budget, s."
-    ),
+    comfyui_dir: Path | None,
+    comfyui_python: str | None,
+    comfyui_arg: tuple[str, ...],
+    comfyui_url: str | None,
+    comfyui_command: str | None,
+    comfyui_port: int | None,
+    host: str,
+    port: int,
+    token: str | None,
+    data_dir: Path,
+    workers: int,
+    ready_timeout: float,
 ) -> int:
     sources = [x for x in (comfyui_dir, comfyui_url, comfyui_command) if x is not None]
     if len(sources) != 1:
@@ -147,7 +177,7 @@ def serve_cmd(
         _serve(
             comfyui_dir=comfyui_dir,
             comfyui_python=comfyui_python or sys.executable,
-            comfyui_args=comfyui_arg,
+            comfyui_args=list(comfyui_arg),
             comfyui_url=comfyui_url,
             comfyui_command=comfyui_command,
             comfyui_port=comfyui_port,
@@ -309,4 +339,4 @@ def _probe(base_url: str) -> None:
         raise ComfyUIUnavailable(f"{url} answered HTTP {resp.status_code}; is this ComfyUI?")
 
 
-__all__ = ["is_loopback", "register", "serve_cmd"]
+__all__ = ["is_loopback", "serve_cmd"]
