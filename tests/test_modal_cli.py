@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import sys
 import textwrap
@@ -274,6 +275,15 @@ def test_deploy_with_a_name(fake: FakeModalControl, tmp_path: Path) -> None:
     result = make_cli(fake.env(tmp_path), []).deploy(HELLO_APP, name="renamed", timeout=120)
     assert result.app == "renamed"
     assert "renamed" in fake.deployed
+
+
+def test_deploy_relative_app_file_is_read_from_cwd(fake: FakeModalControl, tmp_path: Path) -> None:
+    app_dir = tmp_path / "project"
+    (app_dir / "apps").mkdir(parents=True)
+    shutil.copy(HELLO_APP, app_dir / "apps" / "hello.py")
+    result = make_cli(fake.env(tmp_path), []).deploy("apps/hello.py", timeout=120, cwd=app_dir)
+    assert result.app == "hello-app"
+    assert "hello-app" in fake.deployed
 
 
 def test_deploy_preflight_missing_file(tmp_path: Path) -> None:

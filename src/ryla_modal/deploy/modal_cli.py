@@ -367,8 +367,13 @@ class ModalCLI:
         on_line: LineCallback | None = None,
         cwd: str | os.PathLike[str] | None = None,
     ) -> DeployResult:
-        """``modal deploy APP_FILE``, streaming its output; returns the web endpoint URLs."""
+        """``modal deploy APP_FILE``, streaming its output; returns the web endpoint URLs.
+
+        A relative ``app_file`` is read from ``cwd`` (where modal runs), else from ours.
+        """
         path = Path(app_file)
+        if cwd is not None and not path.is_absolute():
+            path = Path(cwd) / path
         if not path.is_file():
             raise ConfigError(
                 f"no Modal app file at {path}",
