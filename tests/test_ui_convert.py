@@ -22,9 +22,7 @@ What "passes our validation (model file names aside)" excuses, and why (``_excus
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 import random
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -50,43 +48,29 @@ from ryla_modal.validate import (
     load_object_info,
 )
 from ryla_modal.workflow import validate_structure
+from tests.fakes import transcripts
 
 OBJECT_INFO_VERSION = (0, 3, 64)  # comfyui-protocol/README.md: the recording server's ComfyUI
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "file_upload")
 TEMPLATES_PACKAGE = "comfyui_workflow_templates_json"
 
 
-def _protocol_dir() -> Path:
-    """As tests/fakes/transcripts.py finds it when that helper exists, else env, else default."""
-    try:
-        transcripts = importlib.import_module("tests.fakes.transcripts")
-    except ImportError:
-        transcripts = None
-    for attr in ("PROTOCOL_DIR", "protocol_dir"):
-        found = getattr(transcripts, attr, None)
-        if found is not None:
-            return Path(found() if callable(found) else found)
-    env = os.environ.get("RYLA_PROTOCOL_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "comfyui-protocol"
-
-
-PROTOCOL_DIR = _protocol_dir()
-OBJECT_INFO_FILE = PROTOCOL_DIR / "31_object_info_full.json"
-SD15_TRANSCRIPT = PROTOCOL_DIR / "20_sd15_txt2img.json"
+def _transcript_file(name: str) -> Path:
+    """A file of the transcripts; the tests that need it skip when the checkout has none."""
+    folder = transcripts.protocol_dir()
+    if folder is None or not (folder / name).is_file():
+        pytest.skip(f"no {name}: {transcripts.missing_reason()}")
+    return folder / name
 
 
 @cache
-def _object_info() -> dict[str, Any]:
-    return load_object_info(OBJECT_INFO_FILE)
+def _object_info(path: Path) -> dict[str, Any]:
+    return load_object_info(path)
 
 
 @pytest.fixture(scope="session")
 def object_info() -> dict[str, Any]:
-    if not OBJECT_INFO_FILE.is_file():
-        pytest.skip(f"no ComfyUI object_info at {OBJECT_INFO_FILE} (set RYLA_PROTOCOL_DIR)")
-    return _object_info()
+    return _object_info(_transcript_file("31_object_info_full.json"))
 
 
 @pytest.fixture(scope="session")
@@ -759,9 +743,8 @@ def _canonical(graph: Mapping[str, Any]) -> Counter[str]:
 
 
 def test_default_sd15_workflow_matches_what_comfyui_ran(object_info):
-    if not SD15_TRANSCRIPT.is_file():
-        pytest.skip(f"no transcript {SD15_TRANSCRIPT}")
-    transcript = json.loads(SD15_TRANSCRIPT.read_text(encoding="utf-8"))
+    sd15 = _transcript_file("20_sd15_txt2img.json")
+    transcript = json.loads(sd15.read_text(encoding="utf-8"))
     sent = next(
         e["request"]["json"]["prompt"]
         for e in transcript["events"]

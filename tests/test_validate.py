@@ -1,7 +1,7 @@
 """validate.py against ComfyUI's own answers (recorded from 0.3.64) and against each rule alone.
 
 The recorded part needs the protocol transcripts (``../shared/comfyui-protocol`` next to the repo,
-or ``RYLA_COMFY_PROTOCOL_DIR``); it is skipped, with that reason, where they are absent.  The rule
+or ``RYLA_PROTOCOL_DIR``); it is skipped, with that reason, where they are absent.  The rule
 tests use small hand-written ``/object_info`` entries and always run.
 """
 
@@ -27,16 +27,13 @@ from ryla_modal.validate import (
     types_compatible,
     validate_against_object_info,
 )
+from tests.fakes import transcripts
 
-PROTOCOL_DIR = Path(
-    os.environ.get(
-        "RYLA_COMFY_PROTOCOL_DIR",
-        Path(__file__).resolve().parents[2] / "shared" / "comfyui-protocol",
-    )
-)
+_FOUND = transcripts.protocol_dir()
+PROTOCOL_DIR = _FOUND if _FOUND is not None else Path(os.devnull)  # tests below are skipped then
 needs_protocol = pytest.mark.skipif(
     not (PROTOCOL_DIR / "31_object_info_full.json").is_file(),
-    reason=f"no ComfyUI protocol transcripts in {PROTOCOL_DIR} (set RYLA_COMFY_PROTOCOL_DIR)",
+    reason=transcripts.missing_reason(),
 )
 
 # Cases in 10_validation_errors.json that are not about a graph, and why they are not replayed.
