@@ -374,6 +374,52 @@ def test_comfy_worker_runs_a_job_locally(local_worker: Any, tmp_path: Path) -> N
     assert cancelled["status"] == "cancelled"
 
 
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.filterwarnings("ignore:The ComfyWorker.run function is executing locally")
+def test_comfy_worker_empties_comfyuis_output_folder_after_each_job(
+    local_worker: Any, tmp_path: Path
+) -> None:
+    """A warm container runs many jobs: their files go to the Volume, not pile up in ComfyUI's
+    output folder.  The same graph twice (ComfyUI caches it) still yields a file both times."""
+    from ryla_modal.gateway.modal_backend import DictJobStore
+    from ryla_modal.gateway.schemas import JobRecord
+
+    gateway = DictJobStore(local_worker.jobs, outputs_dir=tmp_path / "volume")
+    workflow = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0x3366CC},
+        },
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "e"}},
+    }
+    for _ in range(2):
+        job_id, now = str(uuid.uuid4()), time.time()
+        gateway.create_if_absent(
+            JobRecord(
+                job_id=job_id,
+                status="queued",
+                created_at=now,
+                updated_at=now,
+                workflow_sha256="3" * 64,
+            )
+        )
+        result = local_worker.run.local({"job_id": job_id, "workflow": workflow})
+        assert result["status"] == "succeeded", result
+        (out,) = result["outputs"]
+        opened = gateway.open_output(job_id, 0)
+        assert opened is not None
+        with opened[0] as fh:
+            data = fh.read()
+        assert data.startswith(b"\x89PNG") and hashlib.sha256(data).hexdigest() == out["sha256"]
+        comfy_output = local_worker.worker.comfy_output_dir
+        assert comfy_output is not None and comfy_output.is_dir()
+        assert _files(comfy_output) == []
+    assert _files(tmp_path / "comfy-out") == []  # the worker's folder replaced the command's
+
+
 @pytest.mark.filterwarnings("ignore:The ComfyWorker.run function is executing locally")
 def test_comfy_worker_restarts_a_dead_comfyui_before_the_next_job(
     local_worker: Any, tmp_path: Path

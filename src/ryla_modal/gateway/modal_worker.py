@@ -63,8 +63,12 @@ class ModalWorker:
         default_timeout_s: float = defaults.EXECUTION_TIMEOUT_S,
         progress_interval_s: float = defaults.GATEWAY_PROGRESS_MIN_INTERVAL_S,
         cancel_poll_s: float = defaults.MODAL_CANCEL_POLL_S,
+        comfy_output_dir: Path | None = None,
     ) -> None:
+        """``comfy_output_dir``: ComfyUI's output folder, when this worker chose it; each job's
+        files are then deleted from it once stored, so a warm container's disk does not fill."""
         self.store = store
+        self.comfy_output_dir = comfy_output_dir
         self.process = process
         self.ready_timeout_s = ready_timeout_s
         self.default_timeout_s = default_timeout_s
@@ -97,18 +101,25 @@ class ModalWorker:
             role="worker",
             commit_outputs=on_outputs_written,
         )
+        # ComfyUI writes into a folder of ours (the last --output-directory wins), which the
+        # runner empties after each job: outputs live on the Volume, not in the container.
+        comfy_output = Path(tempfile.mkdtemp(prefix="ryla-comfyui-output-"))
+        own_output = ["--output-directory", str(comfy_output)]
         command = comfyui_command(env)
         if command is None:
             process = ComfyProcess.for_checkout(
-                Path(modal_image.COMFY_DIR), sys.executable, extra_args=["--disable-auto-launch"]
+                Path(modal_image.COMFY_DIR),
+                sys.executable,
+                extra_args=["--disable-auto-launch", *own_output],
             )
         else:
-            process = ComfyProcess(command)
+            process = ComfyProcess(command, extra_args=own_output)
         return cls(
             store,
             process,
             ready_timeout_s=float(settings.startup_timeout_s),
             default_timeout_s=float(settings.timeout_s),
+            comfy_output_dir=comfy_output,
         )
 
     # --- life cycle (@modal.enter / @modal.exit) --------------------------------------------
@@ -119,6 +130,8 @@ class ModalWorker:
         self.runner = ComfyRunner(
             self.process.base_url,
             work_dir=self.work_dir,
+            comfy_output_dir=self.comfy_output_dir,
+            delete_outputs=self.comfy_output_dir is not None,
             process=self.process,
             default_timeout_s=self.default_timeout_s,
         )
@@ -127,6 +140,8 @@ class ModalWorker:
     def stop(self) -> None:
         self._stop_comfyui()
         shutil.rmtree(self.work_dir, ignore_errors=True)
+        if self.comfy_output_dir is not None:
+            shutil.rmtree(self.comfy_output_dir, ignore_errors=True)
 
     def _stop_comfyui(self) -> None:
         if self.runner is not None:
