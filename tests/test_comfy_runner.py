@@ -19,7 +19,13 @@ from typing import Any
 import httpx
 import pytest
 
-from ryla_modal.comfy.runner import ComfyRunner, InputFile, Progress, RunResult
+from ryla_modal.comfy.runner import (
+    ComfyRunner,
+    InputFile,
+    Progress,
+    RunResult,
+    stored_input_name,
+)
 from ryla_modal.errors import (
     ComfyUIUnavailable,
     ExecutionError,
@@ -258,10 +264,69 @@ def test_inputs_are_uploaded_and_loaded(comfy: ComfyServer) -> None:
         result = runner.run(
             wf, job_id=job(), inputs=[InputFile(name, data)], on_progress=seen.append, timeout_s=60
         )
-    assert (comfy.input_dir / name).read_bytes() == data
+    assert (comfy.input_dir / stored_input_name(name, data)).read_bytes() == data
     assert seen[0].phase == "uploading_inputs"
     assert result.outputs[0].data is not None and result.outputs[0].data.startswith(PNG_MAGIC)
     assert "uploading_inputs" in result.timings
+
+
+def png_of(color: tuple[int, int, int]) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_queued_jobs_with_one_input_name_each_load_their_own_file(comfy: ComfyServer) -> None:
+    """Every web upload is ``image.png``: job A's file must not be replaced by job B's while A
+    waits in ComfyUI's queue."""
+    name = f"{unique('same')}.png"
+    red, blue = png_of((220, 20, 20)), png_of((20, 20, 220))
+
+    def load_and_save(prefix: str) -> dict[str, Any]:
+        save = {"images": ["1", 0], "filename_prefix": prefix}
+        return {
+            "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+            "2": {"class_type": "SaveImage", "inputs": save},
+        }
+
+    blocker_id, a_id, b_id = job(), job(), job()
+    blocker_started = threading.Event()
+    runner = runner_for(comfy)
+    t0, box0 = run_in_thread(
+        lambda: runner.run(
+            slow_workflow(comfy.backend, unique("block"), steps=20),
+            job_id=blocker_id,
+            on_progress=lambda p: blocker_started.set() if p.node_id == "2" else None,
+            timeout_s=60,
+        )
+    )
+    try:
+        assert blocker_started.wait(30)
+        ta, box_a = run_in_thread(
+            lambda: runner.run(load_and_save("a"), job_id=a_id, inputs=[InputFile(name, red)])
+        )
+        wait_for(lambda: runner.api.queue_state(a_id) == "pending")  # uploaded, waiting
+        tb, box_b = run_in_thread(
+            lambda: runner.run(
+                load_and_save(unique("b")),
+                job_id=b_id,
+                inputs=[InputFile(name, blue)],
+                timeout_s=60,
+            )
+        )
+        wait_for(lambda: runner.api.queue_state(b_id) == "pending")
+        ta.join(timeout=60)
+        tb.join(timeout=60)
+    finally:
+        t0.join(timeout=60)
+        runner.close()
+    assert "result" in box0, box0
+    result_a, result_b = box_a.get("result"), box_b.get("result")
+    assert result_a is not None and result_b is not None, (box_a, box_b)
+    assert pixels(result_a.outputs[0].data) == pixels(red)
+    assert pixels(result_b.outputs[0].data) == pixels(blue)
 
 
 def test_preview_files_only_when_asked(comfy: ComfyServer) -> None:

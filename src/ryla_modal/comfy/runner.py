@@ -130,6 +130,41 @@ def guess_mime(filename: str, content_type: str | None = None) -> str:
     return "application/octet-stream"
 
 
+def stored_input_name(name: str, data: bytes) -> str:
+    """The name an input file gets in ComfyUI's shared input folder: its content chooses it.
+
+    Every web upload is called ``image.png``: two jobs sending different files under one name
+    must not overwrite each other between upload and execution.  The same file twice maps to
+    the same name, which ComfyUI keeps instead of rewriting (``overwrite=false``, same hash).
+    """
+    return f"ryla-{hashlib.sha256(data).hexdigest()[:16]}-{name}"
+
+
+def with_input_names(workflow: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
+    """A copy of ``workflow`` whose node inputs naming an uploaded file name its stored copy."""
+    wf = copy.deepcopy(dict(workflow))
+    for node in wf.values():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if not isinstance(inputs, dict):
+            continue
+        for key, value in inputs.items():
+            if isinstance(value, str) and value in renames:
+                inputs[key] = renames[value]
+    return wf
+
+
+def _plain_file_name(name: object) -> bool:
+    """One path component (no folders, no ``..``, no control characters), as ComfyUI names it."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and name.isprintable()
+        and len(name.encode("utf-8")) <= 255
+    )
+
+
 def uncache_sinks(workflow: Mapping[str, Any], job_id: str) -> dict[str, Any]:
     """A copy of ``workflow`` whose sink nodes (output nodes) carry the job id as an extra input.
 
@@ -348,14 +383,16 @@ class ComfyRunner:
             return entry
 
         t0 = time.monotonic()
+        prompt = dict(workflow)
         if inputs:
             emit(Progress(phase="uploading_inputs", nodes_total=tracker.total))
-            self._upload(inputs)
+            prompt = with_input_names(prompt, self._upload(inputs))
         timings["uploading_inputs"] = time.monotonic() - t0
 
         if cancel is not None and cancel.is_set():
             raise JobCancelled(f"job {job_id} was cancelled before it was submitted", job_id=job_id)
-        prompt = uncache_sinks(workflow, job_id) if self.delete_outputs else dict(workflow)
+        if self.delete_outputs:
+            prompt = uncache_sinks(prompt, job_id)
         client_id = uuid.uuid4().hex
         socket: EventSocket | None
         try:
@@ -396,7 +433,9 @@ class ComfyRunner:
                     return
             raise
 
-    def _upload(self, inputs: Sequence[InputFile]) -> None:
+    def _upload(self, inputs: Sequence[InputFile]) -> dict[str, str]:
+        """Upload each input under its content-chosen name; returns {name: stored name}."""
+        renames: dict[str, str] = {}
         for item in inputs:
             name = item.name
             if not name or safe_basename(name, fallback="") != name:
@@ -404,12 +443,19 @@ class ComfyRunner:
                     "an input file name must be a plain file name (letters, digits, . _ + -)",
                     field=f"inputs[{name!r}]",
                 )
-            result = self.api.upload_image(name, item.data, overwrite=True)
-            if result.get("name") != name or result.get("subfolder"):
+            wanted = stored_input_name(name, item.data)
+            result = self.api.upload_image(wanted, item.data, overwrite=False)
+            stored = result.get("name")
+            # ComfyUI answers "<stem> (1)<ext>" when a different file (a torn earlier write)
+            # holds the name: use what it stored, as long as it is a plain name of the folder.
+            if not _plain_file_name(stored) or result.get("subfolder"):
                 raise WorkflowFormatError(
-                    f"ComfyUI stored the upload as {result.get('name')!r}, not {name!r}",
+                    f"ComfyUI stored the upload of {name!r} as {stored!r} in"
+                    f" {result.get('subfolder')!r}, not as a plain file of its input folder",
                     field=f"inputs[{name!r}]",
                 )
+            renames[name] = str(stored)
+        return renames
 
     # --- outputs ------------------------------------------------------------------------------
 
