@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests._hang_servers import closed_port
-from tests.conftest import ComfyServer, stub_process, unique
+from tests.conftest import ComfyServer, slow_workflow, stub_process, unique
 from tests.gateway_fixtures import TOKEN, Gateway, running_gateway
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,20 +143,7 @@ def test_no_wait_prints_the_job_id_and_jobs_wait_finishes_it(
 
 
 def test_ctrl_c_stops_waiting_and_says_how_to_resume(gateway: Gateway, tmp_path: Path) -> None:
-    wf = {
-        "1": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 7},
-        },
-        "2": {
-            "class_type": "RylaSlowSteps",
-            "inputs": {"image": ["1", 0], "steps": 30, "step_seconds": 0.1},
-        },
-        "3": {
-            "class_type": "SaveImage",
-            "inputs": {"images": ["2", 0], "filename_prefix": unique("int")},
-        },
-    }
+    wf = slow_workflow("stub", unique("int"), steps=30)
     path = tmp_path / "slow.json"
     path.write_text(json.dumps(wf))
     env = ryla_env(tmp_path, RYLA_TOKEN=TOKEN, RYLA_ENDPOINT=gateway.url)
@@ -293,20 +280,7 @@ def test_health_wake_waits_for_a_ready_comfyui(gateway: Gateway, tmp_path: Path)
 
 
 def test_jobs_cancel(gateway: Gateway, tmp_path: Path) -> None:
-    wf = {
-        "1": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 9},
-        },
-        "2": {
-            "class_type": "RylaSlowSteps",
-            "inputs": {"image": ["1", 0], "steps": 100, "step_seconds": 0.1},
-        },
-        "3": {
-            "class_type": "SaveImage",
-            "inputs": {"images": ["2", 0], "filename_prefix": unique("cancel")},
-        },
-    }
+    wf = slow_workflow("stub", unique("cancel"), steps=100)
     path = tmp_path / "slow.json"
     path.write_text(json.dumps(wf))
     env = ryla_env(tmp_path, RYLA_TOKEN=TOKEN, RYLA_ENDPOINT=gateway.url)
