@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from ryla_modal.comfy.runner import Progress as RunnerProgress
 from ryla_modal.errors import (
@@ -17,7 +20,7 @@ from ryla_modal.gateway.executors import (
     RESTARTED_QUEUED,
     RESTARTED_RUNNING,
     LocalExecutor,
-    _ProgressReporter,
+    ProgressReporter,
     job_error,
 )
 from ryla_modal.gateway.schemas import JobRecord, JobStatus
@@ -74,7 +77,7 @@ def test_job_error_for_a_bug_says_nothing_internal() -> None:
 def test_progress_is_throttled_but_phase_changes_always_land() -> None:
     store = MemoryJobStore()
     store.create_if_absent(_record("j", "running"))
-    report = _ProgressReporter(store, "j", interval=60.0)
+    report = ProgressReporter(store, "j", interval=60.0)
     for step in range(100):
         report(RunnerProgress(phase="executing", step=step, steps=100, nodes_total=3))
     after_steps = store.get("j")
@@ -85,6 +88,17 @@ def test_progress_is_throttled_but_phase_changes_always_land() -> None:
     report(RunnerProgress(phase="done"))  # the final update says it; no extra write
     final = store.get("j")
     assert final is not None and final.revision == 2
+
+
+def test_a_failed_progress_write_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    class FullDisk(MemoryJobStore):
+        def update(self, job_id: str, *, force: bool = False, **fields: Any) -> Any:
+            raise OSError("database or disk is full")
+
+    report = ProgressReporter(FullDisk(), "j", interval=0.0)
+    with caplog.at_level("WARNING", logger="ryla_modal.gateway"):
+        report(RunnerProgress(phase="executing", nodes_total=3))
+    assert "job j: progress not written: database or disk is full" in caplog.text
 
 
 def test_recover_fails_what_a_previous_process_left(tmp_path: Path) -> None:

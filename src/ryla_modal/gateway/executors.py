@@ -406,7 +406,7 @@ class LocalExecutor:
         if record is None or record.status != "running":
             return  # gone or already final (cancelled in between)
         log_event(record)
-        reporter = _ProgressReporter(self.store, job_id, self.progress_interval_s)
+        reporter = ProgressReporter(self.store, job_id, self.progress_interval_s)
         try:
             result = self.runner.run(
                 workflow,
@@ -444,14 +444,17 @@ class LocalExecutor:
         )
 
 
-class _ProgressReporter:
-    """Runner progress → store, at most one write per ``interval`` unless the phase changes."""
+class ProgressReporter:
+    """Runner progress → store, at most one write per ``interval`` unless the phase changes.
+
+    A failed progress write is logged, never raised: it must not fail the job it reports on.
+    """
 
     def __init__(self, store: JobStore, job_id: str, interval: float) -> None:
         self.store = store
         self.job_id = job_id
         self.interval = interval
-        self.last_write = 0.0
+        self.last_write = float("-inf")
         self.last_phase: str | None = None
 
     def __call__(self, p: RunnerProgress) -> None:
@@ -460,20 +463,27 @@ class _ProgressReporter:
         now = time.monotonic()
         if p.phase == self.last_phase and now - self.last_write < self.interval:
             return
-        self.last_write = now
-        self.last_phase = p.phase
-        self.store.update(
-            self.job_id,
-            phase=p.phase,
-            progress=Progress(
-                node_id=p.node_id,
-                node_type=p.node_type,
-                nodes_done=p.nodes_done,
-                nodes_total=p.nodes_total,
-                step=p.step,
-                steps=p.steps,
-            ),
+        self.last_write, self.last_phase = now, p.phase
+        progress = Progress(
+            node_id=p.node_id,
+            node_type=p.node_type,
+            nodes_done=p.nodes_done,
+            nodes_total=p.nodes_total,
+            step=p.step,
+            steps=p.steps,
         )
+        try:
+            self.store.update(self.job_id, phase=p.phase, progress=progress)
+        except Exception as exc:
+            log.warning("job %s: progress not written: %s", self.job_id, exc)
 
 
-__all__ = ["Executor", "LocalExecutor", "finish", "job_error", "log_event"]
+__all__ = [
+    "Executor",
+    "LocalExecutor",
+    "ProgressReporter",
+    "finish",
+    "job_error",
+    "log_event",
+    "store_outputs",
+]

@@ -32,9 +32,14 @@ import httpx
 from ryla_modal import defaults, modal_image
 from ryla_modal.comfy.process import ComfyProcess
 from ryla_modal.comfy.runner import ComfyRunner, InputFile
-from ryla_modal.comfy.runner import Progress as RunnerProgress
 from ryla_modal.errors import ComfyUIUnavailable
-from ryla_modal.gateway.executors import finish, job_error, log_event, store_outputs
+from ryla_modal.gateway.executors import (
+    ProgressReporter,
+    finish,
+    job_error,
+    log_event,
+    store_outputs,
+)
 from ryla_modal.gateway.modal_backend import DictJobStore, outputs_dir
 from ryla_modal.gateway.schemas import (
     ERR_CANCELLED,
@@ -233,7 +238,7 @@ class ModalWorker:
                 payload["workflow"],
                 job_id=job_id,
                 inputs=inputs,
-                on_progress=_Throttled(self.store, job_id, self.progress_interval_s),
+                on_progress=ProgressReporter(self.store, job_id, self.progress_interval_s),
                 timeout_s=float(timeout) if timeout else None,
                 cancel=cancel,
             )
@@ -288,40 +293,6 @@ def _inputs(payload: Mapping[str, Any]) -> list[InputFile]:
         except (KeyError, TypeError, binascii.Error) as exc:
             raise ValueError(f"inputs[{i}] is not {{name, data_b64}}: {exc}") from None
     return files
-
-
-class _Throttled:
-    """Runner progress → store, at most once per ``interval`` unless the phase changes."""
-
-    def __init__(self, store: DictJobStore, job_id: str, interval: float) -> None:
-        self.store = store
-        self.job_id = job_id
-        self.interval = interval
-        self.last_write = float("-inf")
-        self.last_phase: str | None = None
-
-    def __call__(self, p: RunnerProgress) -> None:
-        if p.phase == "done":
-            return  # the final write says it
-        now = time.monotonic()
-        if p.phase == self.last_phase and now - self.last_write < self.interval:
-            return
-        self.last_write, self.last_phase = now, p.phase
-        try:
-            self.store.update(
-                self.job_id,
-                phase=p.phase,
-                progress=Progress(
-                    node_id=p.node_id,
-                    node_type=p.node_type,
-                    nodes_done=p.nodes_done,
-                    nodes_total=p.nodes_total,
-                    step=p.step,
-                    steps=p.steps,
-                ),
-            )
-        except Exception as exc:
-            log.warning("job %s: progress not written: %s", self.job_id, exc)
 
 
 __all__ = ["ModalWorker"]
