@@ -7,6 +7,7 @@ real ComfyUI 0.3.64 in ``comfyui-protocol/10_validation_errors.json``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -17,32 +18,13 @@ import pytest
 
 from ryla_modal.errors import WorkflowFormatError
 from ryla_modal.workflow import Workflow, apply_overrides, load_workflow
+from tests.test_workflow import RECORDED_DEMO
 
 
 def demo(**changes: Any) -> dict[str, Any]:
     """The recorded model-free graph; ``changes`` replace whole nodes ("2": {...})."""
-    graph: dict[str, Any] = {
-        "1": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 16744448},
-            "_meta": {"title": "Empty Image"},
-        },
-        "2": {
-            "class_type": "ImageInvert",
-            "inputs": {"image": ["1", 0]},
-            "_meta": {"title": "Invert Image"},
-        },
-        "3": {
-            "class_type": "ImageBlur",
-            "inputs": {"image": ["2", 0], "blur_radius": 3, "sigma": 1.5},
-            "_meta": {"title": "Image Blur"},
-        },
-        "4": {
-            "class_type": "SaveImage",
-            "inputs": {"images": ["3", 0], "filename_prefix": "proto_a"},
-            "_meta": {"title": "Save Image"},
-        },
-    }
+    graph = copy.deepcopy(RECORDED_DEMO)
+    graph["4"]["inputs"]["filename_prefix"] = "proto_a"
     graph.update(changes)
     return graph
 
