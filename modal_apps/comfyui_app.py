@@ -1,8 +1,8 @@
 """The Modal app: image layers, volumes, secrets, the GPU ``ComfyWorker`` and the gateway.
 
-Declarations only; the work happens in ``ryla_modal`` (worker: ``gateway.modal_worker``, gateway:
-``gateway.modal_backend``, downloads: ``model_download``).  Settings are ``RYLA_*`` variables
-read at deploy time (``ryla_modal.modal_settings``) and handed to every container as its
+Declarations only; the work happens in ``ryla_modal.cloud`` (worker: ``cloud.worker``, gateway:
+``cloud.gateway``, downloads: ``cloud.models``).  Settings are ``RYLA_*`` variables
+read at deploy time (``ryla_modal.cloud.settings``) and handed to every container as its
 environment, so the container's own import of this file declares the same app.
 
     RYLA_GPU=A100 RYLA_SECRETS=huggingface-secret ryla deploy   # or: modal deploy <this file>
@@ -16,8 +16,8 @@ from typing import Any
 
 import modal
 
-from ryla_modal import modal_image as paths
-from ryla_modal.modal_settings import IMAGE_PACKAGES, AppSettings
+from ryla_modal.cloud import image as paths
+from ryla_modal.cloud.settings import IMAGE_PACKAGES, AppSettings
 
 settings = AppSettings.from_env()
 container_env: dict[str, str | None] = dict(settings.to_env())
@@ -51,7 +51,7 @@ secrets = [modal.Secret.from_name(name) for name in settings.secrets]
 )
 def download_models(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fetch model files into the models volume (Hugging Face token: ``HF_TOKEN`` secret)."""
-    from ryla_modal.model_download import download_all
+    from ryla_modal.cloud.models import download_all
 
     done = download_all(items, paths.MODELS_DIR)
     models.commit()
@@ -75,7 +75,7 @@ class ComfyWorker:
 
     @modal.enter()
     def start_comfyui(self) -> None:
-        from ryla_modal.gateway.modal_worker import ModalWorker
+        from ryla_modal.cloud.worker import ModalWorker
 
         self.worker = ModalWorker.from_env(on_outputs_written=outputs.commit)
         self.worker.start()
@@ -104,7 +104,7 @@ class ComfyWorker:
 @modal.asgi_app(requires_proxy_auth=True)
 def gateway() -> Any:
     """The job API (FastAPI) in front of ComfyWorker, with the modal.Dict job store."""
-    from ryla_modal.gateway.modal_backend import create_modal_gateway
+    from ryla_modal.cloud.gateway import create_modal_gateway
 
     return create_modal_gateway(
         settings,

@@ -24,10 +24,11 @@ import modal
 import pytest
 from modal_proto import api_pb2
 
-from ryla_modal import defaults, modal_image
+from ryla_modal import defaults
+from ryla_modal.cloud import image as modal_image
+from ryla_modal.cloud.settings import IMAGE_PACKAGES
 from ryla_modal.deploy.modal_cli import ModalCLI
 from ryla_modal.errors import ModalCLIError
-from ryla_modal.modal_settings import IMAGE_PACKAGES
 from tests.fakes.modal_control import FakeModalControl, function_definition
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,7 +206,7 @@ def test_image_layers_go_from_slow_to_fast_and_our_code_is_not_baked_in(
     copied = [c for c in every if c.startswith(("COPY", "ADD")) and "ryla_modal" in c]
     assert copied == [], "ryla_modal must come as a mount, after every layer"
     mounted = [f.filename for req in fake.calls_named("MountGetOrCreate") for f in req.files]
-    assert any(name.endswith("/ryla_modal/modal_settings.py") for name in mounted), mounted
+    assert any(name.endswith("/ryla_modal/cloud/settings.py") for name in mounted), mounted
 
 
 def test_a_missing_secret_fails_the_deploy_naming_it(
@@ -248,7 +249,7 @@ def test_object_info_snapshot_step_saves_what_comfyui_serves(tmp_path: Path) -> 
     from tests.fakes.comfyui_command import fake_comfyui_command
 
     out = tmp_path / "opt" / "object_info.json"
-    script = ROOT / "src" / "ryla_modal" / "object_info_snapshot.py"
+    script = ROOT / "src" / "ryla_modal" / "cloud" / "object_info_snapshot.py"
     proc = subprocess.run(
         [
             *[sys.executable, str(script), "--out", str(out), "--timeout", "30", "--"],
@@ -289,7 +290,7 @@ class _Volume:
 def local_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """``ComfyWorker()`` run locally: ComfyUI is the stand-in, modal.Dict an in-memory twin."""
     from tests.fakes.comfyui_command import fake_comfyui_command
-    from tests.test_modal_backend import MemoryDict
+    from tests.test_cloud_backend import MemoryDict
 
     command = fake_comfyui_command(
         "--output-directory", str(tmp_path / "comfy-out"),
@@ -319,7 +320,7 @@ def local_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[An
 
 @pytest.mark.filterwarnings("ignore:The ComfyWorker.run function is executing locally")
 def test_comfy_worker_runs_a_job_locally(local_worker: Any, tmp_path: Path) -> None:
-    from ryla_modal.gateway.modal_backend import DictJobStore
+    from ryla_modal.cloud.store import DictJobStore
     from ryla_modal.gateway.schemas import JobRecord
 
     jobs, volume = local_worker.jobs, local_worker.volume
@@ -384,7 +385,7 @@ def test_comfy_worker_empties_comfyuis_output_folder_after_each_job(
 ) -> None:
     """A warm container runs many jobs: their files go to the Volume, not pile up in ComfyUI's
     output folder.  The same graph twice (ComfyUI caches it) still yields a file both times."""
-    from ryla_modal.gateway.modal_backend import DictJobStore
+    from ryla_modal.cloud.store import DictJobStore
     from ryla_modal.gateway.schemas import JobRecord
 
     gateway = DictJobStore(local_worker.jobs, outputs_dir=tmp_path / "volume")
@@ -424,7 +425,7 @@ def test_comfy_worker_empties_comfyuis_output_folder_after_each_job(
 def test_comfy_worker_restarts_a_dead_comfyui_before_the_next_job(
     local_worker: Any, tmp_path: Path
 ) -> None:
-    from ryla_modal.gateway.modal_backend import DictJobStore
+    from ryla_modal.cloud.store import DictJobStore
     from ryla_modal.gateway.schemas import JobRecord
 
     gateway = DictJobStore(local_worker.jobs, outputs_dir=tmp_path / "volume")
@@ -464,13 +465,13 @@ def test_modal_gateway_end_to_end_over_http(local_worker: Any, tmp_path: Path) -
 
     import httpx
 
-    from ryla_modal.gateway.modal_backend import create_modal_gateway
-    from ryla_modal.modal_settings import AppSettings
+    from ryla_modal.cloud.gateway import create_modal_gateway
+    from ryla_modal.cloud.settings import AppSettings
     from tests.fakes.comfyui_command import fake_comfyui_command
     from tests.gateway_fixtures import UvicornThread, wait_job
 
     info = tmp_path / "object_info.json"
-    script = ROOT / "src" / "ryla_modal" / "object_info_snapshot.py"
+    script = ROOT / "src" / "ryla_modal" / "cloud" / "object_info_snapshot.py"
     built = subprocess.run(
         [sys.executable, str(script), "--out", str(info), "--", *fake_comfyui_command()],
         capture_output=True,

@@ -29,7 +29,11 @@ from typing import Any
 
 import httpx
 
-from ryla_modal import defaults, modal_image
+from ryla_modal import defaults
+from ryla_modal.cloud import image as paths
+from ryla_modal.cloud.gateway import outputs_dir
+from ryla_modal.cloud.settings import AppSettings, comfyui_command
+from ryla_modal.cloud.store import DictJobStore
 from ryla_modal.comfy.process import ComfyProcess
 from ryla_modal.comfy.runner import ComfyRunner, InputFile
 from ryla_modal.errors import ComfyUIUnavailable
@@ -40,7 +44,6 @@ from ryla_modal.gateway.executors import (
     log_event,
     store_outputs,
 )
-from ryla_modal.gateway.modal_backend import DictJobStore, outputs_dir
 from ryla_modal.gateway.schemas import (
     ERR_CANCELLED,
     ERR_COMFYUI_UNAVAILABLE,
@@ -49,7 +52,6 @@ from ryla_modal.gateway.schemas import (
     JobError,
     Progress,
 )
-from ryla_modal.modal_settings import AppSettings, comfyui_command
 
 log = logging.getLogger("ryla_modal.worker")
 
@@ -113,7 +115,7 @@ class ModalWorker:
         command = comfyui_command(env)
         if command is None:
             process = ComfyProcess.for_checkout(
-                Path(modal_image.COMFY_DIR),
+                Path(paths.COMFY_DIR),
                 sys.executable,
                 extra_args=["--disable-auto-launch", *own_output],
             )

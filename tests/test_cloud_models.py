@@ -1,4 +1,4 @@
-"""model_download: validation of the item list, URL downloads over a real local HTTP server."""
+"""cloud.models: validation of the item list, URL downloads over a real local HTTP server."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import ClassVar
 
 import pytest
 
+from ryla_modal.cloud.models import download_all, plan
 from ryla_modal.errors import ConfigError
-from ryla_modal.model_download import download_all, plan
 
 BODY = b"not really a checkpoint" * 1000
 

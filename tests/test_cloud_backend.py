@@ -22,13 +22,10 @@ import modal
 import pytest
 from modal import exception as mx
 
+from ryla_modal.cloud.executor import ModalExecutor
+from ryla_modal.cloud.gateway import VolumeModelFiles, list_model_files
+from ryla_modal.cloud.store import DictJobStore
 from ryla_modal.comfy.runner import InputFile
-from ryla_modal.gateway.modal_backend import (
-    DictJobStore,
-    ModalExecutor,
-    VolumeModelFiles,
-    list_model_files,
-)
 from ryla_modal.gateway.schemas import JobError, JobRecord, OutputInfo
 
 _MISSING = object()

@@ -25,8 +25,8 @@ from urllib.parse import urlparse
 import httpx
 
 from ryla_modal import defaults
+from ryla_modal.cloud.image import MODEL_FOLDERS
 from ryla_modal.errors import ConfigError
-from ryla_modal.modal_image import MODEL_FOLDERS
 from ryla_modal.outputs import safe_basename
 
 #: Every folder name the image's extra_model_paths.yaml reads from the volume.

@@ -2,7 +2,7 @@
 
 ``modal_apps/comfyui_app.py`` chains these into cached image layers; keeping them here makes them
 testable without Modal (the object_info step is run against the ComfyUI stand-in in the tests).
-Every value that reaches a shell is validated by ``modal_settings`` and quoted with ``shlex``.
+Every value that reaches a shell is validated by ``cloud.settings`` and quoted with ``shlex``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ryla_modal.modal_settings import CustomNode
+from ryla_modal.cloud.settings import CustomNode
 
 COMFY_DIR = "/opt/ryla/ComfyUI"  # inside the image, beside the object_info snapshot
 MODELS_DIR = "/models"  # the models Volume

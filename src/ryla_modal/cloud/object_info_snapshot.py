@@ -1,6 +1,6 @@
 """Start ComfyUI once, save its ``GET /object_info`` to a file, stop it.
 
-Runs during the Modal image build (``modal_image.object_info_command``), before ``ryla_modal`` is
+Runs during the Modal image build (``cloud.image.object_info_command``), before ``ryla_modal`` is
 in the image, so it uses the standard library only.  The gateway reads the saved file and refuses
 a broken workflow in milliseconds instead of after a GPU cold start.  Any failure exits 1 with the
 tail of ComfyUI's log, which fails the image build: an image without the file is never deployed.
