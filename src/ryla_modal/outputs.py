@@ -2,22 +2,21 @@
 
 The server chooses file names, so it must never choose a path: every name is reduced to a safe
 basename and the final path is checked to sit inside the output folder.  Files appear whole or not
-at all (temp file + checksum + hard link), and an existing file is never overwritten.
+at all (``_atomic``: fsync'd temp file, checksum, then a hard link), and an existing file is
+never overwritten.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
-import tempfile
 import unicodedata
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ryla_modal._atomic import Staged, staged, write_atomic
 from ryla_modal.errors import OutputIntegrityError
 
 MAX_NAME_LEN = 120
@@ -63,8 +62,8 @@ def _inside(folder: Path, candidate: Path) -> bool:
     return True
 
 
-def _claim_final_path(tmp: Path, folder: Path, name: str) -> Path:
-    """Hard-link the finished temp file to ``name`` or ``name-N``; never replaces a file."""
+def _claim_final_path(tmp: Staged, folder: Path, name: str) -> Path:
+    """Give the finished temp file the name ``name`` or ``name-N``; never replaces a file."""
     stem, dot, ext = name.rpartition(".")
     if not dot:
         stem, ext = name, ""
@@ -73,11 +72,8 @@ def _claim_final_path(tmp: Path, folder: Path, name: str) -> Path:
         candidate = folder / candidate_name
         if not _inside(folder, candidate):  # pragma: no cover - safe_basename prevents it
             raise OutputIntegrityError(f"refusing to write outside {folder}: {candidate_name!r}")
-        try:
-            os.link(tmp, candidate)
-        except FileExistsError:
-            continue
-        return candidate
+        if tmp.link_new(candidate):
+            return candidate
     raise OutputIntegrityError(f"too many files named like {name!r} in {folder}")
 
 
@@ -94,20 +90,14 @@ def save_stream(
     The checksum (and size) are verified before the file gets its final name; on any failure
     (including an exception raised by ``chunks``) nothing is left behind.
     """
-    folder.mkdir(parents=True, exist_ok=True)
     safe = safe_basename(name)
-    fd, tmp_name = tempfile.mkstemp(prefix=".partial-", suffix=".tmp", dir=folder)
-    tmp = Path(tmp_name)
-    try:
+    with staged(folder) as tmp:
         digest = hashlib.sha256()
         size = 0
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
+        for chunk in chunks:
+            tmp.file.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
         sha = digest.hexdigest()
         if expected_sha256 is not None and sha != expected_sha256.lower():
             raise OutputIntegrityError(
@@ -123,26 +113,12 @@ def save_stream(
             )
         final = _claim_final_path(tmp, folder, safe)
         return final, sha, size
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> Path:
-    """Write JSON via a temp file + rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    """Write JSON atomically, so readers never see half a file."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    write_atomic(path, text.encode("utf-8"))
     return path
 
 

@@ -18,9 +18,7 @@ file it should have is not there yet.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -28,18 +26,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, Any, Protocol
 
 from ryla_modal import defaults
+from ryla_modal._atomic import write_atomic
 from ryla_modal.gateway.schemas import (
     JOB_ID_PATTERN,
     TERMINAL_STATUSES,
     JobRecord,
 )
-from ryla_modal.gateway.store import JobStore
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
+from ryla_modal.gateway.store import JobStore, apply_update
 
 log = logging.getLogger("ryla_modal.gateway")
 
@@ -114,33 +110,17 @@ class DictJobStore(JobStore):
         return existing, False
 
     def get(self, job_id: str) -> JobRecord | None:
-        final = self._d.get(f"final:{job_id}")
-        if final is not None:
-            return JobRecord.model_validate(final)
-        base = self._d.get(f"job:{job_id}")
-        if base is None:
-            return None
-        merged = dict(base)
-        live = self._d.get(f"live:{job_id}")
-        if live is not None:
-            merged.update({k: live[k] for k in LIVE_FIELDS if k in live})
-            merged["revision"] = base.get("revision", 0) + live.get("revision", 0)
-        if self._d.get(f"cancel:{job_id}") is not None:
-            merged["cancel_requested"] = True
-            merged["revision"] = merged.get("revision", 0) + 1
-        return JobRecord.model_validate(merged)
+        parts = {kind: self._d.get(f"{kind}:{job_id}") for kind in _KINDS}
+        return _compose({k: v for k, v in parts.items() if v is not None})
 
     def update(self, job_id: str, *, force: bool = False, **fields: Any) -> JobRecord | None:
         with self._lock:  # one writer per key per process; across processes, keys say who
             current = self.get(job_id)
             if current is None:
                 return None
-            if current.status in TERMINAL_STATUSES and not force:
+            new = apply_update(current, fields, force=force, now=self._clock())
+            if new is None:
                 return current
-            merged = {**current.model_dump(), **fields}
-            merged["revision"] = current.revision + 1
-            merged["updated_at"] = max(self._clock(), current.updated_at)
-            new = JobRecord.model_validate(merged)
             if new.status in TERMINAL_STATUSES:
                 return self._write_final(current, new, force)
             if current.status in TERMINAL_STATUSES:  # force: a final record made active again
@@ -206,17 +186,10 @@ class DictJobStore(JobStore):
             if not isinstance(key, str) or ":" not in key:
                 continue
             kind, job_id = key.split(":", 1)
-            parts.setdefault(job_id, {})[kind] = value
-        out: list[JobRecord] = []
-        for p in parts.values():
-            if "final" in p:
-                out.append(JobRecord.model_validate(p["final"]))
-            elif "job" in p:
-                merged = dict(p["job"])
-                if "live" in p:
-                    merged.update({k: p["live"][k] for k in LIVE_FIELDS if k in p["live"]})
-                out.append(JobRecord.model_validate(merged))
-        return out
+            if kind in _KINDS:
+                parts.setdefault(job_id, {})[kind] = value
+        records = (_compose(p) for p in parts.values())
+        return [r for r in records if r is not None]
 
     # --- outputs (files on the outputs Volume) ---------------------------------------------
 
@@ -226,21 +199,7 @@ class DictJobStore(JobStore):
         return self.outputs_dir / _check_id(job_id) / str(index)
 
     def put_output(self, job_id: str, index: int, src: Path | bytes) -> None:
-        dest = self._output_path(job_id, index)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{index}.", suffix=".tmp", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                if isinstance(src, bytes):
-                    out.write(src)
-                else:
-                    with Path(src).open("rb") as inp:
-                        shutil.copyfileobj(inp, out, _COPY_CHUNK)
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(self._output_path(job_id, index), src)
         self._uncommitted = True
 
     def open_output(self, job_id: str, index: int) -> tuple[IO[bytes], int] | None:
@@ -270,6 +229,33 @@ class DictJobStore(JobStore):
 
 def _dump(record: JobRecord) -> dict[str, Any]:
     return record.model_dump(mode="json")
+
+
+#: The keys one job is kept under (see the module docstring).
+_KINDS = ("job", "live", "cancel", "final")
+
+
+def _compose(parts: Mapping[str, Any]) -> JobRecord | None:
+    """The one way the keys of a job make its record (``get`` and ``list`` read the same).
+
+    ``final`` wins whole; else ``job`` plus the worker's ``live`` fields plus the cancel flag.
+    The revision adds up the writers' own counters, so any write moves it.
+    """
+    final = parts.get("final")
+    if final is not None:
+        return JobRecord.model_validate(final)
+    base = parts.get("job")
+    if base is None:
+        return None
+    merged = dict(base)
+    live = parts.get("live")
+    if live is not None:
+        merged.update({k: live[k] for k in LIVE_FIELDS if k in live})
+        merged["revision"] = base.get("revision", 0) + live.get("revision", 0)
+    if parts.get("cancel") is not None:
+        merged["cancel_requested"] = True
+        merged["revision"] = merged.get("revision", 0) + 1
+    return JobRecord.model_validate(merged)
 
 
 __all__ = ["LIVE_FIELDS", "DictJobStore", "DictLike"]

@@ -22,18 +22,16 @@ import fcntl
 import io
 import os
 import sqlite3
-import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from ryla_modal import defaults
+from ryla_modal._atomic import write_atomic
 from ryla_modal.errors import ConfigError
 from ryla_modal.gateway.schemas import TERMINAL_STATUSES, JobRecord
-
-_COPY_CHUNK = 1024 * 1024
 
 
 class JobStore(abc.ABC):
@@ -91,13 +89,19 @@ def _statuses(status: str | Iterable[str] | None) -> set[str] | None:
     return {status} if isinstance(status, str) else set(status)
 
 
-def _apply(record: JobRecord, force: bool, fields: dict[str, Any]) -> JobRecord | None:
-    """The updated record, or None when the record is final and must not change."""
+def apply_update(
+    record: JobRecord, fields: Mapping[str, Any], *, force: bool = False, now: float | None = None
+) -> JobRecord | None:
+    """The one record merge of every store: ``record`` with ``fields``, the revision bumped.
+
+    None when the record is final and ``force`` is not set: a final status never changes.
+    ``updated_at`` never goes backwards, even when clocks of two machines disagree.
+    """
     if record.status in TERMINAL_STATUSES and not force:
         return None
     merged = {**record.model_dump(), **fields}
     merged["revision"] = record.revision + 1
-    merged["updated_at"] = max(time.time(), record.updated_at)
+    merged["updated_at"] = max(time.time() if now is None else now, record.updated_at)
     return JobRecord.model_validate(merged)
 
 
@@ -169,7 +173,7 @@ class MemoryJobStore(JobStore):
             record = self._records.get(job_id)
             if record is None:
                 return None
-            new = _apply(record, force, fields)
+            new = apply_update(record, fields, force=force)
             if new is None:
                 return record
             self._records[job_id] = new
@@ -309,7 +313,7 @@ class SQLiteJobStore(JobStore):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 record = self._read(job_id)
-                new = None if record is None else _apply(record, force, fields)
+                new = None if record is None else apply_update(record, fields, force=force)
                 if new is not None:
                     self._write(new, insert=False)
                 self._db.execute("COMMIT")
@@ -346,24 +350,7 @@ class SQLiteJobStore(JobStore):
         return self.outputs_dir / job_id / str(index)
 
     def put_output(self, job_id: str, index: int, src: Path | bytes) -> None:
-        dest = self._output_path(job_id, index)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{index}.", suffix=".tmp", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                if isinstance(src, bytes):
-                    out.write(src)
-                else:
-                    with Path(src).open("rb") as inp:
-                        while chunk := inp.read(_COPY_CHUNK):
-                            out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp_name, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
+        write_atomic(self._output_path(job_id, index), src)
 
     def open_output(self, job_id: str, index: int) -> tuple[IO[bytes], int] | None:
         try:
@@ -374,4 +361,4 @@ class SQLiteJobStore(JobStore):
         return fh, os.fstat(fh.fileno()).st_size
 
 
-__all__ = ["JobStore", "MemoryJobStore", "SQLiteJobStore"]
+__all__ = ["JobStore", "MemoryJobStore", "SQLiteJobStore", "apply_update"]
