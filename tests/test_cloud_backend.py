@@ -137,7 +137,7 @@ def test_worker_progress_and_gateway_cancel_do_not_overwrite_each_other(
 ) -> None:
     record, _ = gateway_store.create_if_absent(new_record())
     job_id = record.job_id
-    gateway_store.update(job_id, function_call_id="fc-1", phase="waiting_for_gpu")
+    gateway_store.update(job_id, call_id="fc-1", phase="waiting_for_gpu")
     running = worker_store.update(job_id, status="running", phase="executing")
     assert running is not None and running.status == "running"
     gateway_store.update(job_id, cancel_requested=True)
@@ -147,7 +147,7 @@ def test_worker_progress_and_gateway_cancel_do_not_overwrite_each_other(
     now = gateway_store.get(job_id)
     assert now is not None
     assert now.cancel_requested is True
-    assert now.function_call_id == "fc-1"
+    assert now.call_id == "fc-1"
     assert (now.status, now.phase) == ("running", "executing")
     assert worker_store.cancel_requested(job_id) is True
 
@@ -170,8 +170,8 @@ def test_the_first_final_status_wins(
     final = gateway_store.get(job_id)
     assert final is not None and final.status == "cancelled" and final.phase != "done"
 
-    forced = gateway_store.update(job_id, force=True, function_call_id="fc-late")
-    assert forced is not None and forced.function_call_id == "fc-late"
+    forced = gateway_store.update(job_id, force=True, call_id="fc-late")
+    assert forced is not None and forced.call_id == "fc-late"
     assert forced.status == "cancelled"
 
 
@@ -182,7 +182,7 @@ def test_every_write_moves_the_revision(
     job_id = record.job_id
     seen = [record.revision]
     for write in (
-        lambda: gateway_store.update(job_id, function_call_id="fc-2"),
+        lambda: gateway_store.update(job_id, call_id="fc-2"),
         lambda: worker_store.update(job_id, status="running"),
         lambda: worker_store.update(job_id, phase="collecting_outputs"),
         lambda: gateway_store.update(job_id, cancel_requested=True),
@@ -199,8 +199,8 @@ def test_a_worker_changes_only_live_fields(
     gateway_store: DictJobStore, worker_store: DictJobStore
 ) -> None:
     record, _ = gateway_store.create_if_absent(new_record())
-    with pytest.raises(ValueError, match="function_call_id"):
-        worker_store.update(record.job_id, function_call_id="fc-x")
+    with pytest.raises(ValueError, match="call_id"):
+        worker_store.update(record.job_id, call_id="fc-x")
 
 
 def test_unknown_jobs_and_bad_ids(gateway_store: DictJobStore) -> None:
@@ -378,7 +378,7 @@ def test_start_spawns_once_and_keeps_the_call_id(
     assert payload["timeout_s"] == 90
     assert payload["workflow"] == {"1": {"class_type": "EmptyImage", "inputs": {}}}
     assert payload["inputs"] == [{"name": "in.png", "data_b64": base64.b64encode(b"\0\1").decode()}]
-    assert (record.function_call_id, record.phase, record.status) == (
+    assert (record.call_id, record.phase, record.status) == (
         "fc-1",
         "waiting_for_gpu",
         "queued",
@@ -468,7 +468,7 @@ def test_a_finished_call_supplies_the_final_state_the_store_missed(
 
     assert settled.status == "succeeded"
     assert [o.filename for o in settled.outputs] == ["a.png"]
-    assert settled.timings["total"] == 2.5
+    assert settled.timings.total == 2.5
 
     other = started_job(gateway_store, executor)
     fake_modal.calls["fc-2"].error = None

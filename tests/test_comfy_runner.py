@@ -22,7 +22,7 @@ import pytest
 from ryla_modal.comfy.runner import (
     ComfyRunner,
     InputFile,
-    Progress,
+    RunnerProgress,
     RunResult,
     stored_input_name,
 )
@@ -167,7 +167,7 @@ class NoSocketProxy:
 
 
 def test_success_downloads_every_output_with_checksums(comfy: ComfyServer) -> None:
-    seen: list[Progress] = []
+    seen: list[RunnerProgress] = []
     job_id = job()
     with runner_for(comfy) as runner:
         result = runner.run(
@@ -189,8 +189,9 @@ def test_success_downloads_every_output_with_checksums(comfy: ComfyServer) -> No
     assert {p.node_id for p in executing} >= {"1", "2", "3", "4"}
     assert {p.node_type for p in executing} >= {"EmptyImage", "SaveImage"}
     assert max(p.nodes_done for p in seen) == 4 and all(p.nodes_total == 4 for p in seen)
-    assert {"executing", "collecting_outputs", "total"} <= set(result.timings)
-    assert all(v >= 0 for v in result.timings.values())
+    assert result.timings.executing > 0 and result.timings.collecting_outputs > 0
+    assert all(v >= 0 for v in vars(result.timings).values())
+    assert result.nodes_total == 4
 
 
 def test_outputs_stream_to_work_dir(comfy: ComfyServer, tmp_path: Path) -> None:
@@ -211,7 +212,7 @@ def test_outputs_stream_to_work_dir(comfy: ComfyServer, tmp_path: Path) -> None:
 
 def test_fully_cached_rerun_still_returns_its_outputs(comfy: ComfyServer) -> None:
     wf = simple_workflow(unique("cache"), sigma=1.25)
-    seen: list[Progress] = []
+    seen: list[RunnerProgress] = []
     with runner_for(comfy) as runner:
         first = runner.run(wf, job_id=job(), timeout_s=60)
         second = runner.run(wf, job_id=job(), timeout_s=60, on_progress=seen.append)
@@ -224,7 +225,7 @@ def test_fully_cached_rerun_still_returns_its_outputs(comfy: ComfyServer) -> Non
 
 def test_partial_rerun_runs_only_changed_nodes(comfy: ComfyServer) -> None:
     prefix, color = unique("partial"), random_color()
-    seen: list[Progress] = []
+    seen: list[RunnerProgress] = []
     with runner_for(comfy) as runner:
         first = runner.run(simple_workflow(prefix, sigma=1.5, color=color), job_id=job())
         second = runner.run(
@@ -259,7 +260,7 @@ def test_inputs_are_uploaded_and_loaded(comfy: ComfyServer) -> None:
             "inputs": {"images": ["2", 0], "filename_prefix": unique("inv")},
         },
     }
-    seen: list[Progress] = []
+    seen: list[RunnerProgress] = []
     with runner_for(comfy) as runner:
         result = runner.run(
             wf, job_id=job(), inputs=[InputFile(name, data)], on_progress=seen.append, timeout_s=60
@@ -267,7 +268,7 @@ def test_inputs_are_uploaded_and_loaded(comfy: ComfyServer) -> None:
     assert (comfy.input_dir / stored_input_name(name, data)).read_bytes() == data
     assert seen[0].phase == "uploading_inputs"
     assert result.outputs[0].data is not None and result.outputs[0].data.startswith(PNG_MAGIC)
-    assert "uploading_inputs" in result.timings
+    assert result.timings.uploading_inputs > 0
 
 
 def png_of(color: tuple[int, int, int]) -> bytes:
@@ -348,7 +349,7 @@ def test_delete_outputs_frees_comfy_disk_and_reruns_still_work(comfy: ComfyServe
         first = runner.run(wf, job_id=job(), timeout_s=60)
         assert not (comfy.output_dir / first.outputs[0].filename).exists()
         # Identical graph: without care ComfyUI would answer from cache with the deleted file.
-        seen: list[Progress] = []
+        seen: list[RunnerProgress] = []
         second = runner.run(wf, job_id=job(), timeout_s=60, on_progress=seen.append)
     # The save node ran again (upstream nodes came from the cache) and wrote a fresh file:
     # same pixels; the bytes differ because SaveImage embeds the prompt (with the job id).
@@ -406,10 +407,10 @@ def test_runtime_error_names_the_node_and_exception(comfy: ComfyServer) -> None:
 
 def test_cancel_interrupts_a_running_job(comfy: ComfyServer) -> None:
     cancel = threading.Event()
-    seen: list[Progress] = []
+    seen: list[RunnerProgress] = []
     runner = runner_for(comfy)
 
-    def on_progress(p: Progress) -> None:
+    def on_progress(p: RunnerProgress) -> None:
         seen.append(p)
         if p.node_id == "2":
             cancel.set()
@@ -434,7 +435,7 @@ def test_interrupt_by_job_id_from_another_thread(comfy: ComfyServer) -> None:
     started = threading.Event()
     runner = runner_for(comfy)
 
-    def on_progress(p: Progress) -> None:
+    def on_progress(p: RunnerProgress) -> None:
         if p.node_id == "2":
             started.set()
 
@@ -520,7 +521,7 @@ def test_socket_dropped_mid_job_still_completes_via_history(
 ) -> None:
     server = launch_stub()
     set_fault(server, "drop-socket", after_node=1)
-    seen: list[Progress] = []
+    seen: list[RunnerProgress] = []
     with runner_for(server, history_poll_s=0.1) as runner:
         result = runner.run(
             simple_workflow(unique("drop")), job_id=job(), on_progress=seen.append, timeout_s=30
@@ -580,7 +581,7 @@ def test_stalled_comfyui_hits_the_job_timeout(launch_stub: Callable[..., ComfySe
 
 def test_socket_that_never_opens_falls_back_to_history(comfy: ComfyServer) -> None:
     proxy = NoSocketProxy(comfy.process.port)
-    seen: list[Progress] = []
+    seen: list[RunnerProgress] = []
     try:
         with ComfyRunner(proxy.url, process=comfy.process, history_poll_s=0.1) as runner:
             result = runner.run(

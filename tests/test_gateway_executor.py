@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ryla_modal.comfy.runner import Progress as RunnerProgress
+from ryla_modal.comfy.runner import RunnerProgress
 from ryla_modal.errors import (
     ComfyUIUnavailable,
     ExecutionError,
@@ -16,13 +16,8 @@ from ryla_modal.errors import (
     JobCancelled,
     WorkflowValidationError,
 )
-from ryla_modal.gateway.executors import (
-    RESTARTED_QUEUED,
-    RESTARTED_RUNNING,
-    LocalExecutor,
-    ProgressReporter,
-    job_error,
-)
+from ryla_modal.gateway.executors import RESTARTED_QUEUED, RESTARTED_RUNNING, LocalExecutor
+from ryla_modal.gateway.lifecycle import ProgressReporter, job_error
 from ryla_modal.gateway.schemas import JobRecord, JobStatus
 from ryla_modal.gateway.store import MemoryJobStore
 

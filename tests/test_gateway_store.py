@@ -140,7 +140,7 @@ def test_sqlite_records_and_outputs_survive_a_reopen(tmp_path: Path) -> None:
     again = SQLiteJobStore(tmp_path)
     try:
         r = again.get("job-1")
-        assert r is not None and r.status == "succeeded" and r.timings == {"total": 1.5}
+        assert r is not None and r.status == "succeeded" and r.timings.total == 1.5
         opened = again.open_output("job-1", 0)
         assert opened is not None and opened[0].read() == b"png bytes"
         opened[0].close()

@@ -25,6 +25,7 @@ from ryla_modal.gateway import schemas
         (client_job.Progress, schemas.Progress),
         (client_job.OutputInfo, schemas.OutputInfo),
         (client_job.JobError, schemas.JobError),
+        (client_job.Timings, schemas.Timings),
     ],
 )
 def test_same_fields_as_the_contract(plain: type, model: type[BaseModel]) -> None:
@@ -65,7 +66,8 @@ def full_record() -> schemas.JobRecord:
                 "current_inputs": {"seed": [1]},  # a ComfyUI field the contract passes through
             }
         ),
-        timings={"waiting_for_gpu": 1.5, "executing": 7},
+        timings=schemas.Timings(queued=1.5, executing=7, total=9.25),
+        call_id="fc-123",
         workflow_sha256="0" * 64,
     )
 
@@ -94,7 +96,7 @@ def test_a_minimal_job_and_unknown_fields() -> None:
         None,
         [],
         None,
-        {},
+        client_job.Timings(),
     )
     assert isinstance(job.created_at, float)
     assert not job.finished
@@ -122,7 +124,7 @@ def _answer(**changes: Any) -> dict[str, Any]:
             _answer(error={"type": "t", "message": "m", "traceback_tail": [1]}),
             "job.error.traceback_tail: expected a list of strings",
         ),
-        (_answer(timings={"executing": None}), "job.timings.executing: expected a number"),
+        (_answer(timings={"executing": "slow"}), "job.timings.executing: expected an integer or a number"),
     ],
 )
 def test_a_bad_answer_names_the_field(answer: Any, message: str) -> None:

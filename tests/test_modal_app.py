@@ -349,7 +349,7 @@ def test_comfy_worker_runs_a_job_locally(local_worker: Any, tmp_path: Path) -> N
     assert out["filename"].startswith("w_") and out["mime"] == "image/png"
     stored = gateway.get(job_id)
     assert stored is not None and stored.status == "succeeded"
-    assert stored.timings.get("queued") is not None
+    assert stored.timings.queued is not None and stored.timings.total is not None
     opened = gateway.open_output(job_id, 0)
     assert opened is not None
     fh, size = opened

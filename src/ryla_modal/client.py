@@ -415,7 +415,7 @@ def _manifest(
         "job_id": job.job_id,
         "status": job.status,
         "created_at": job.created_at,
-        "timings": job.timings,
+        "timings": job.timings.to_dict(),
         "workflow": workflow,
         "outputs": [{**dataclasses.asdict(f), "path": f.path.name} for f in files],
     }

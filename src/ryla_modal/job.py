@@ -96,14 +96,9 @@ class _Reader:
             return None
         return read(self.data[key], f"{self.where}.{key}")
 
-    def timings(self, key: str) -> dict[str, float]:
-        raw = self._get(key, dict, False) or {}
-        out: dict[str, float] = {}
-        for name, value in raw.items():
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise ValueError(f"{self.where}.{key}.{name}: expected a number, got {value!r:.80}")
-            out[str(name)] = float(value)
-        return out
+    def opt_number(self, key: str) -> float | None:
+        value = self._get(key, (int, float), False)
+        return None if value is None else float(value)
 
 
 def _tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -138,6 +133,35 @@ class Progress:
             step=r.opt_integer("step"),
             steps=r.opt_integer("steps"),
         )
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds per phase of a job; the phases do not overlap, a phase not reached is None.
+
+    ``total`` is the wall time from ``created_at`` to the final status: what the job took.
+    """
+
+    queued: float | None = None
+    starting_comfyui: float | None = None
+    uploading_inputs: float | None = None
+    waiting_in_comfyui: float | None = None
+    executing: float | None = None
+    collecting_outputs: float | None = None
+    storing_outputs: float | None = None
+    total: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "timings") -> Timings:
+        r = _Reader(data, where)
+        return cls(**{f.name: r.opt_number(f.name) for f in dataclasses.fields(cls)})
+
+    def to_dict(self) -> dict[str, float | None]:
+        return dataclasses.asdict(self)
+
+    def phases(self) -> dict[str, float]:
+        """The phases the job went through, in order (``total`` left out: it is their span)."""
+        return {k: v for k, v in self.to_dict().items() if v is not None and k != "total"}
 
 
 @dataclass(frozen=True)
@@ -216,7 +240,9 @@ class Job:
     progress: Progress | None = None
     outputs: list[OutputInfo] = field(default_factory=list)
     error: JobError | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: Timings = field(default_factory=Timings)
+    #: on Modal, the worker's FunctionCall id (``modal app logs APP --function-call ID``)
+    call_id: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -235,7 +261,8 @@ class Job:
             progress=r.nested("progress", Progress.from_dict),
             outputs=r.objects("outputs", OutputInfo.from_dict),
             error=r.nested("error", JobError.from_dict),
-            timings=r.timings("timings"),
+            timings=r.nested("timings", Timings.from_dict) or Timings(),
+            call_id=r.opt_text("call_id"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -256,4 +283,5 @@ __all__ = [
     "JobStatus",
     "OutputInfo",
     "Progress",
+    "Timings",
 ]

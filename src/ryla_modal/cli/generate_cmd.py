@@ -16,6 +16,7 @@ from ryla_modal.errors import EXIT_INTERRUPTED, EXIT_TIMEOUT, RylaError
 if TYPE_CHECKING:  # pragma: no cover
     from ryla_modal.cli._render import Renderer
     from ryla_modal.client import GenerateResult, InputUpload, RylaClient
+    from ryla_modal.job import Job
     from ryla_modal.workflow import Workflow
 
 GENERATE_HELP = f"""Run a workflow on the deployment and save every output file.
@@ -291,13 +292,21 @@ def _plan_json(p: _Plan) -> dict[str, Any]:
     data: dict[str, Any] = {"label": p.label, "job_id": p.job_id, "seeds": p.seeds}
     if p.result is not None:
         data["status"] = p.result.job.status
-        data["timings"] = p.result.job.timings
+        data["timings"] = p.result.job.timings.to_dict()
         data["files"] = [str(f.path) for f in p.result.files]
         data["manifest"] = str(p.result.manifest) if p.result.manifest else None
     if p.error is not None:
         data["status"] = "failed"
         data["error"] = {"type": type(p.error).__name__, "message": p.error.message}
     return data
+
+
+def _seconds(job: Job) -> str:
+    """What a job took: its wall time (``total``), never a sum of overlapping phases."""
+    total = job.timings.total
+    if total is None:  # a server older than typed timings: the span of what it reported
+        total = job.updated_at - job.created_at
+    return f"{total:.1f}"
 
 
 def _summary(plans: list[_Plan]) -> None:
@@ -310,6 +319,6 @@ def _summary(plans: list[_Plan]) -> None:
     for p in plans:
         status = "succeeded" if p.result else f"failed: {p.error}" if p.error else "pending"
         files = str(len(p.result.files)) if p.result else "-"
-        took = f"{sum(p.result.job.timings.values()):.1f}" if p.result else "-"
+        took = _seconds(p.result.job) if p.result else "-"
         table.add_row(p.label, p.job_id, status, files, took)
     Console(stderr=True).print(table)

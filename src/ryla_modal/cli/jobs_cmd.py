@@ -162,13 +162,17 @@ def health_cmd(
                 )
             finally:
                 renderer.close()
-            health["wake"] = {"job_id": job.job_id, "status": job.status, "timings": job.timings}
+            health["wake"] = {
+                "job_id": job.job_id,
+                "status": job.status,
+                "timings": job.timings.to_dict(),
+            }
     if as_json:
         print_json(health)
     else:
         print(f"{client.settings.endpoint}: {health.get('status')} ({health.get('executor')})")
         if "wake" in health:
-            took = sum(health["wake"]["timings"].values())
+            took = health["wake"]["timings"]["total"] or 0.0
             print(f"a GPU container is warm ({took:.1f}s)")
     return 0
 

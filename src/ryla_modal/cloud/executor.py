@@ -15,11 +15,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ryla_modal import defaults
 from ryla_modal.comfy.runner import InputFile
-from ryla_modal.gateway.executors import finish
+from ryla_modal.gateway.lifecycle import CANCELLED_QUEUED, finish
 from ryla_modal.gateway.schemas import (
     ACTIVE_STATUSES,
     ERR_CANCELLED,
@@ -28,12 +28,10 @@ from ryla_modal.gateway.schemas import (
     ERR_WORKER_DIED,
     TERMINAL_STATUSES,
     JobError,
+    JobLogs,
     JobRecord,
 )
 from ryla_modal.gateway.store import JobStore
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
 
 log = logging.getLogger("ryla_modal.gateway")
 
@@ -122,16 +120,16 @@ class ModalExecutor:
         *,
         warmup: bool = False,
     ) -> None:
-        if job.function_call_id:
+        if job.call_id:
             return  # spawned already: a job id runs once
         payload = job_payload(job, workflow, inputs)
         if warmup:
             payload["warmup"] = True
         call_id = self._spawn(payload)
-        record = self.store.update(job.job_id, function_call_id=call_id, phase="waiting_for_gpu")
-        if record is not None and record.function_call_id != call_id:
+        record = self.store.update(job.job_id, call_id=call_id, phase="waiting_for_gpu")
+        if record is not None and record.call_id != call_id:
             # The worker finished before we wrote the id: keep it anyway, for logs.
-            record = self.store.update(job.job_id, force=True, function_call_id=call_id)
+            record = self.store.update(job.job_id, force=True, call_id=call_id)
         log.info("job %s spawned as %s", job.job_id, call_id)
 
     def warm(self, job: JobRecord) -> None:
@@ -143,9 +141,9 @@ class ModalExecutor:
         record = self.store.get(job_id)
         if record is None or record.status in TERMINAL_STATUSES:
             return
-        if record.function_call_id:
+        if record.call_id:
             try:
-                self._lookup(record.function_call_id).cancel()
+                self._lookup(record.call_id).cancel()
             except Exception as exc:
                 log.warning("job %s: FunctionCall.cancel failed: %s", job_id, exc)
         if record.status == "queued":
@@ -154,7 +152,7 @@ class ModalExecutor:
                 self.store,
                 job_id,
                 "cancelled",
-                JobError(type=ERR_CANCELLED, message="cancelled before it started"),
+                JobError(type=ERR_CANCELLED, message=CANCELLED_QUEUED),
             )
 
     def check(self, record: JobRecord) -> JobRecord:
@@ -170,7 +168,7 @@ class ModalExecutor:
             if len(self._checked_at) > 10_000:  # forget the oldest half; they are done by now
                 for key in sorted(self._checked_at, key=self._checked_at.__getitem__)[:5_000]:
                     del self._checked_at[key]
-        if not record.function_call_id:
+        if not record.call_id:
             if now - record.created_at > self.lost_grace_s:
                 return self._settle(
                     record, "failed", JobError(type=ERR_SERVER_STOPPED, message=NEVER_SPAWNED)
@@ -181,9 +179,9 @@ class ModalExecutor:
     def _check_call(self, record: JobRecord) -> JobRecord:
         from modal import exception as mx
 
-        assert record.function_call_id is not None
+        assert record.call_id is not None
         try:
-            result = self._lookup(record.function_call_id).get(timeout=0)
+            result = self._lookup(record.call_id).get(timeout=0)
         except mx.FunctionTimeoutError:
             return self._settle(
                 record, "failed", JobError(type=ERR_TIMEOUT, message=CALL_TIMED_OUT)
@@ -194,7 +192,7 @@ class ModalExecutor:
             return record  # no result yet: queued for a GPU or running
         except (mx.ConnectionError, mx.ServiceError, mx.InternalError, OSError) as exc:
             log.warning(
-                "job %s: cannot look at %s now: %s", record.job_id, record.function_call_id, exc
+                "job %s: cannot look at %s now: %s", record.job_id, record.call_id, exc
             )
             return record  # our side's trouble, not the job's: look again later
         except mx.InputCancellation:
@@ -241,6 +239,11 @@ class ModalExecutor:
     ) -> JobRecord:
         finish(self.store, record.job_id, status, error, **fields)
         return self.store.get(record.job_id) or record
+
+    def logs(self, record: JobRecord) -> JobLogs:
+        """Modal keeps the worker's log lines: ``modal app logs APP --function-call CALL_ID``
+        fetches them (the gateway has no token to read them itself)."""
+        return JobLogs(job_id=record.job_id, source="modal", lines=[], call_id=record.call_id)
 
     def recover(self) -> None:
         """Nothing to do: workers outlive gateways, and a stale job is settled when read."""

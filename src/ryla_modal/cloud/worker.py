@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -27,31 +27,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from ryla_modal import defaults
 from ryla_modal.cloud import image as paths
 from ryla_modal.cloud.gateway import outputs_dir
 from ryla_modal.cloud.settings import AppSettings, comfyui_command
 from ryla_modal.cloud.store import DictJobStore
-from ryla_modal.comfy.process import ComfyProcess
+from ryla_modal.comfy.process import ComfyProcess, check_ready
 from ryla_modal.comfy.runner import ComfyRunner, InputFile
-from ryla_modal.errors import ComfyUIUnavailable
-from ryla_modal.gateway.executors import (
-    ProgressReporter,
-    finish,
-    job_error,
-    log_event,
-    store_outputs,
-)
-from ryla_modal.gateway.schemas import (
-    ERR_CANCELLED,
-    ERR_COMFYUI_UNAVAILABLE,
-    ERR_INVALID_INPUT,
-    TERMINAL_STATUSES,
-    JobError,
-    Progress,
-)
+from ryla_modal.errors import ComfyUIUnavailable, WorkflowFormatError
+from ryla_modal.gateway.lifecycle import JobLifecycle, JobSpec
+from ryla_modal.gateway.schemas import TERMINAL_STATUSES
 
 log = logging.getLogger("ryla_modal.worker")
 
@@ -79,10 +64,13 @@ class ModalWorker:
         self.process = process
         self.ready_timeout_s = ready_timeout_s
         self.default_timeout_s = default_timeout_s
-        self.progress_interval_s = progress_interval_s
-        self.cancel_poll_s = cancel_poll_s
+        self.lifecycle = JobLifecycle(
+            store, progress_interval_s=progress_interval_s, cancel_poll_s=cancel_poll_s
+        )
         self.work_dir = Path(tempfile.mkdtemp(prefix="ryla-worker-"))
         self.runner: ComfyRunner | None = None
+        #: epoch seconds of the last ComfyUI start (begin, ready): the cold start jobs wait for
+        self.comfy_window: tuple[float, float] | None = None
         self._restart_lock = threading.Lock()
 
     @classmethod
@@ -133,7 +121,9 @@ class ModalWorker:
 
     def start(self) -> None:
         """Launch ComfyUI and wait until it answers; raises ComfyUIUnavailable with its log."""
+        began = time.time()
         self.process.start(ready_timeout=self.ready_timeout_s)
+        self.comfy_window = (began, time.time())
         self.runner = ComfyRunner(
             self.process.base_url,
             work_dir=self.work_dir,
@@ -160,26 +150,25 @@ class ModalWorker:
         if self.process.returncode is not None:
             return False
         try:
-            with httpx.Client(trust_env=False) as client:
-                resp = client.get(
-                    f"{self.process.base_url}/system_stats", timeout=_HEALTH_TIMEOUT_S
-                )
-            return resp.status_code == 200
-        except httpx.HTTPError:
+            check_ready(self.process.base_url, timeout=_HEALTH_TIMEOUT_S)
+        except ComfyUIUnavailable:
             return False
+        return True
 
-    def _ensure_comfyui(self, job_id: str) -> None:
+    def _ensure_comfyui(self, job_id: str) -> ComfyRunner:
         """A dead or hung ComfyUI is found before the job, and restarted once."""
         if self.runner is not None and self._healthy():
-            return
+            return self.runner
         with self._restart_lock:
             if self.runner is not None and self._healthy():
-                return
+                return self.runner
             log.warning("job %s: ComfyUI is not answering; restarting it", job_id)
             self.store.update(job_id, phase="starting_comfyui")
             log.warning("ComfyUI log before the restart:\n%s", self.process.log_tail())
             self._stop_comfyui()
             self.start()
+            assert self.runner is not None
+            return self.runner
 
     # --- one job (ComfyWorker.run) -----------------------------------------------------------
 
@@ -192,99 +181,27 @@ class ModalWorker:
             # the result, so this call fails and the gateway settles the job as lost.
             raise ValueError(f"job {job_id[:80]!r} is not in the job store")
         if record.status not in TERMINAL_STATUSES:
-            self._run(job_id, payload, record.created_at)
+            timeout = payload.get("timeout_s")
+            spec = JobSpec(
+                job_id=job_id,
+                created_at=record.created_at,
+                workflow=payload.get("workflow") or {},
+                timeout_s=float(timeout) if timeout else None,
+                warmup=bool(payload.get("warmup")),
+            )
+            try:
+                spec = dataclasses.replace(spec, inputs=_inputs(payload))
+            except ValueError as exc:
+                self.lifecycle.settle(spec, WorkflowFormatError(str(exc)))
+            else:
+                self.lifecycle.run(
+                    spec,
+                    prepare=lambda: self._ensure_comfyui(job_id),
+                    cancel_requested=lambda: self.store.cancel_requested(job_id),
+                    comfy_window=lambda: self.comfy_window,
+                )
         final = self.store.get(job_id) or record
         return final.public().model_dump(mode="json")
-
-    def _run(self, job_id: str, payload: Mapping[str, Any], created_at: float) -> None:
-        queued_s = max(0.0, time.time() - created_at)
-        if self.store.cancel_requested(job_id):
-            finish(self.store, job_id, "cancelled", _cancelled("cancelled before it started"))
-            return
-        try:
-            inputs = _inputs(payload)
-        except ValueError as exc:
-            finish(self.store, job_id, "failed", JobError(type=ERR_INVALID_INPUT, message=str(exc)))
-            return
-        try:
-            self._ensure_comfyui(job_id)
-        except ComfyUIUnavailable as exc:
-            error = JobError(type=ERR_COMFYUI_UNAVAILABLE, message=str(exc))
-            finish(self.store, job_id, "failed", error, timings={"queued": queued_s})
-            return
-        if payload.get("warmup"):
-            # `ryla health --wake`: this container's enter hook has started ComfyUI already.
-            finish(
-                self.store, job_id, "succeeded", None, phase="done", timings={"queued": queued_s}
-            )
-            return
-        record = self.store.update(
-            job_id,
-            status="running",
-            phase="uploading_inputs" if inputs else "executing",
-            timings={"queued": queued_s},
-        )
-        if record is None or record.status != "running":
-            return  # cancelled (or settled) meanwhile
-        log_event(record)
-        assert self.runner is not None
-        cancel = threading.Event()
-        done = threading.Event()
-        watcher = threading.Thread(
-            target=self._watch_cancel, args=(job_id, cancel, done), daemon=True
-        )
-        watcher.start()
-        timeout = payload.get("timeout_s")
-        try:
-            result = self.runner.run(
-                payload["workflow"],
-                job_id=job_id,
-                inputs=inputs,
-                on_progress=ProgressReporter(self.store, job_id, self.progress_interval_s),
-                timeout_s=float(timeout) if timeout else None,
-                cancel=cancel,
-            )
-            outputs = store_outputs(self.store, job_id, result)
-            total = len(payload["workflow"])
-            finish(
-                self.store,
-                job_id,
-                "succeeded",
-                None,
-                phase="done",
-                outputs=outputs,
-                progress=Progress(nodes_done=total, nodes_total=total),
-                timings={"queued": queued_s, **result.timings},
-            )
-        except Exception as exc:
-            status, error = job_error(exc)
-            finish(self.store, job_id, status, error, timings={"queued": queued_s})
-        except BaseException:
-            # Modal's InputCancellation (or the container stopping): stop the prompt too.
-            with contextlib.suppress(Exception):
-                self.runner.interrupt(job_id)
-            with contextlib.suppress(Exception):
-                finish(self.store, job_id, "cancelled", _cancelled("cancelled while running"))
-            raise
-        finally:
-            done.set()
-            watcher.join(timeout=self.cancel_poll_s + _HEALTH_TIMEOUT_S)
-            shutil.rmtree(self.work_dir / job_id, ignore_errors=True)
-
-    def _watch_cancel(self, job_id: str, cancel: threading.Event, done: threading.Event) -> None:
-        while not done.wait(self.cancel_poll_s):
-            try:
-                wanted = self.store.cancel_requested(job_id)
-            except Exception as exc:
-                log.warning("job %s: cannot read the cancel flag: %s", job_id, exc)
-                continue
-            if wanted:
-                cancel.set()  # the runner interrupts the prompt in ComfyUI
-                return
-
-
-def _cancelled(message: str) -> JobError:
-    return JobError(type=ERR_CANCELLED, message=message)
 
 
 def _inputs(payload: Mapping[str, Any]) -> list[InputFile]:

@@ -83,6 +83,31 @@ def read_tail(path: Path, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def check_ready(
+    base_url: str,
+    *,
+    timeout: float = defaults.COMFY_READY_PROBE_TIMEOUT_S,
+    client: httpx.Client | None = None,
+) -> None:
+    """The one readiness probe: GET /system_stats answers 200, else ComfyUIUnavailable (why).
+
+    Every place that asks "does ComfyUI answer?" calls this (the launcher's wait, the Modal
+    worker's health check before a job, a local warm-up, ``ryla serve --comfyui-url``), so they
+    agree on what ready means.  ``client`` reuses a connection pool across repeated probes.
+    """
+    url = f"{base_url.rstrip('/')}/system_stats"
+    try:
+        if client is None:
+            with httpx.Client(trust_env=False) as own:
+                resp = own.get(url, timeout=httpx.Timeout(timeout))
+        else:
+            resp = client.get(url, timeout=httpx.Timeout(timeout))
+    except httpx.HTTPError as exc:
+        raise ComfyUIUnavailable(f"no ComfyUI answers at {base_url}: {exc}") from exc
+    if resp.status_code != 200:
+        raise ComfyUIUnavailable(f"{url} answered HTTP {resp.status_code}; is this ComfyUI?")
+
+
 class ComfyProcess:
     """One ComfyUI server process: ``start()`` returns once it answers, ``stop()`` ends it.
 
@@ -172,6 +197,36 @@ class ComfyProcess:
                 self._log_fh.flush()
         return read_tail(self.log_path, lines)
 
+    def log_offset(self) -> int:
+        """Where the log ends now: mark a job's start and end with it, then ``log_lines``."""
+        if self._log_fh is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._log_fh.flush()
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_lines(
+        self, start: int, end: int | None = None, *, max_lines: int = defaults.COMFY_LOG_TAIL_LINES
+    ) -> list[str]:
+        """The log's lines between two ``log_offset`` marks (the last ``max_lines`` of them).
+
+        A restart truncates the log (offsets past its end give nothing).
+        """
+        stop = self.log_offset() if end is None else end
+        if stop <= start:
+            return []
+        begin = max(start, stop - _TAIL_MAX_BYTES)  # bounded: a chatty job cannot fill memory
+        try:
+            with self.log_path.open("rb") as fh:
+                fh.seek(begin)
+                data = fh.read(stop - begin)
+        except OSError:
+            return []
+        lines = data.decode("utf-8", errors="replace").splitlines()
+        return lines[-max_lines:] if max_lines > 0 else []
+
     # --- life cycle -------------------------------------------------------------------------
 
     def start(self, *, ready_timeout: float = defaults.COMFY_READY_TIMEOUT_S) -> None:
@@ -215,7 +270,6 @@ class ComfyProcess:
         assert self._proc is not None
         started = time.monotonic()
         deadline = started + ready_timeout
-        url = f"{self.base_url}/system_stats"
         with httpx.Client(trust_env=False) as client:
             while True:
                 probe_at = time.monotonic()
@@ -230,10 +284,9 @@ class ComfyProcess:
                     )
                 budget = min(defaults.COMFY_READY_PROBE_TIMEOUT_S, left)
                 try:
-                    resp = client.get(url, timeout=httpx.Timeout(budget))
-                    if resp.status_code == 200:
-                        return
-                except httpx.HTTPError:
+                    check_ready(self.base_url, timeout=budget, client=client)
+                    return
+                except ComfyUIUnavailable:
                     pass  # not listening yet, or half started: try again
                 # At most one probe per COMFY_READY_POLL_S, never past the deadline.
                 pause = probe_at + defaults.COMFY_READY_POLL_S - time.monotonic()

@@ -82,7 +82,9 @@ class InputFile:
 
 
 @dataclass(frozen=True)
-class Progress:
+class RunnerProgress:
+    """Where one run is, as the runner reports it to its ``on_progress`` callback."""
+
     phase: str  # "uploading_inputs" | "executing" | "collecting_outputs" | "done"
     node_id: str | None = None
     node_type: str | None = None
@@ -107,14 +109,28 @@ class OutputFile:
     data: bytes | None = field(default=None, repr=False)
 
 
+@dataclass
+class RunTimings:
+    """Seconds spent in each step of one run; the steps do not overlap, so they add up."""
+
+    uploading_inputs: float = 0.0
+    #: submitted, waiting in ComfyUI's own queue behind other prompts
+    waiting_in_comfyui: float = 0.0
+    executing: float = 0.0
+    #: downloading the output files from ComfyUI
+    collecting_outputs: float = 0.0
+
+
 @dataclass(frozen=True)
 class RunResult:
     job_id: str
     outputs: list[OutputFile]
-    timings: dict[str, float]
+    timings: RunTimings
+    #: the workflow's node count: what progress reports as ``nodes_total``
+    nodes_total: int = 0
 
 
-ProgressCallback = Callable[[Progress], None]
+ProgressCallback = Callable[[RunnerProgress], None]
 
 
 def guess_mime(filename: str, content_type: str | None = None) -> str:
@@ -189,9 +205,9 @@ def uncache_sinks(workflow: Mapping[str, Any], job_id: str) -> dict[str, Any]:
 
 
 class _ProgressTracker:
-    """Turns ComfyUI events into Progress values (nodes done/total, sampler steps)."""
+    """Turns ComfyUI events into RunnerProgress values (nodes done/total, sampler steps)."""
 
-    def __init__(self, workflow: Mapping[str, Any], emit: Callable[[Progress], None]) -> None:
+    def __init__(self, workflow: Mapping[str, Any], emit: Callable[[RunnerProgress], None]) -> None:
         self.workflow = workflow
         self.total = len(workflow)
         self.emit = emit
@@ -205,8 +221,8 @@ class _ProgressTracker:
         node = self.workflow.get(node_id) if node_id is not None else None
         return str(node.get("class_type")) if isinstance(node, dict) else None
 
-    def progress(self) -> Progress:
-        return Progress(
+    def progress(self) -> RunnerProgress:
+        return RunnerProgress(
             phase="executing",
             node_id=self.current,
             node_type=self.node_type(self.current),
@@ -317,7 +333,7 @@ class ComfyRunner:
             raise ValueError("job_id must be a non-empty string")
         started = time.monotonic()
         deadline = started + (self.default_timeout_s if timeout_s is None else timeout_s)
-        timings: dict[str, float] = {}
+        timings = RunTimings()
         emit = _safe_emitter(on_progress)
         tracker = _ProgressTracker(workflow, emit)
 
@@ -331,7 +347,7 @@ class ComfyRunner:
         raise_for_history(entry, job_id=job_id)
 
         emit(
-            Progress(
+            RunnerProgress(
                 phase="collecting_outputs", nodes_done=tracker.total, nodes_total=tracker.total
             )
         )
@@ -339,12 +355,11 @@ class ComfyRunner:
             outputs = self._collect(entry, job_id)
         except ComfyUIUnavailable as exc:
             raise self._explain(exc) from exc
-        timings["collecting_outputs"] = time.monotonic() - t_exec_end
         if self.delete_outputs:
             self._delete_from_comfy(entry)
-        timings["total"] = time.monotonic() - started
-        emit(Progress(phase="done", nodes_done=tracker.total, nodes_total=tracker.total))
-        return RunResult(job_id=job_id, outputs=outputs, timings=timings)
+        timings.collecting_outputs = time.monotonic() - t_exec_end
+        emit(RunnerProgress(phase="done", nodes_done=tracker.total, nodes_total=tracker.total))
+        return RunResult(job_id=job_id, outputs=outputs, timings=timings, nodes_total=tracker.total)
 
     def _submit_and_follow(
         self,
@@ -353,9 +368,9 @@ class ComfyRunner:
         inputs: Sequence[InputFile],
         deadline: float,
         tracker: _ProgressTracker,
-        timings: dict[str, float],
+        timings: RunTimings,
         cancel: threading.Event | None,
-        emit: Callable[[Progress], None],
+        emit: Callable[[RunnerProgress], None],
     ) -> dict[str, Any]:
         check_alive = self.process.check_alive if self.process is not None else None
         if check_alive is not None:
@@ -364,7 +379,6 @@ class ComfyRunner:
         # Idempotency: ComfyUI does not check prompt_id uniqueness, so we do.
         entry = self.api.history(job_id)
         if entry is not None:
-            timings["executing"] = 0.0
             return entry
         if self.api.queue_state(job_id) is not None:
             # Queued or running from an earlier attempt: follow it; its events go elsewhere.
@@ -379,15 +393,15 @@ class ComfyRunner:
                 cancel=cancel,
                 poll_s=self.history_poll_s,
             )
-            timings["executing"] = time.monotonic() - t0
+            timings.executing = time.monotonic() - t0
             return entry
 
         t0 = time.monotonic()
         prompt = dict(workflow)
         if inputs:
-            emit(Progress(phase="uploading_inputs", nodes_total=tracker.total))
+            emit(RunnerProgress(phase="uploading_inputs", nodes_total=tracker.total))
             prompt = with_input_names(prompt, self._upload(inputs))
-        timings["uploading_inputs"] = time.monotonic() - t0
+        timings.uploading_inputs = time.monotonic() - t0
 
         if cancel is not None and cancel.is_set():
             raise JobCancelled(f"job {job_id} was cancelled before it was submitted", job_id=job_id)
@@ -418,9 +432,9 @@ class ComfyRunner:
             if socket is not None:
                 socket.close()
         end = time.monotonic()
-        if tracker.started_at is not None:
-            timings["waiting_in_queue"] = tracker.started_at - t_submit
-        timings["executing"] = end - t_submit
+        began = t_submit if tracker.started_at is None else max(t_submit, tracker.started_at)
+        timings.waiting_in_comfyui = began - t_submit
+        timings.executing = end - began
         return entry
 
     def _submit(self, prompt: Mapping[str, Any], job_id: str, client_id: str) -> None:
@@ -533,11 +547,11 @@ def _read_all(chunks: Iterator[bytes]) -> tuple[bytes, str, int]:
     return data, digest.hexdigest(), len(data)
 
 
-def _safe_emitter(cb: ProgressCallback | None) -> Callable[[Progress], None]:
+def _safe_emitter(cb: ProgressCallback | None) -> Callable[[RunnerProgress], None]:
     """Progress callbacks must not break a job; a failing one is switched off."""
     state = {"on": cb is not None}
 
-    def emit(p: Progress) -> None:
+    def emit(p: RunnerProgress) -> None:
         if cb is None or not state["on"]:
             return
         try:
@@ -552,8 +566,9 @@ __all__ = [
     "ComfyRunner",
     "InputFile",
     "OutputFile",
-    "Progress",
     "RunResult",
+    "RunTimings",
+    "RunnerProgress",
     "guess_mime",
     "uncache_sinks",
 ]

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from ryla_modal import defaults
 from ryla_modal.job import ACTIVE_STATUSES, TERMINAL_STATUSES, JobPhase, JobStatus
@@ -91,6 +91,8 @@ class ValidationReport(_Model):
 
 
 class Progress(_Model):
+    """Where a running job is: node i of n, and the sampler's step when one is running."""
+
     node_id: str | None = None
     node_type: str | None = None
     nodes_done: int = 0
@@ -128,6 +130,32 @@ class JobError(_Model):
     traceback_tail: list[str] | None = None
 
 
+class Timings(_Model):
+    """Seconds per phase of a job.  The phases do not overlap (they add up to at most ``total``);
+    a phase the job never reached is null.  ``total`` is the wall time from ``created_at`` to
+    the final status, so it is what the job took, cold start included."""
+
+    queued: float | None = Field(
+        default=None,
+        description="accepted, not yet begun by a worker (on Modal: waiting for a GPU container)",
+    )
+    starting_comfyui: float | None = Field(
+        default=None, description="ComfyUI (re)starting while the job waited for it"
+    )
+    uploading_inputs: float | None = None
+    waiting_in_comfyui: float | None = Field(
+        default=None, description="submitted, behind other prompts in ComfyUI's own queue"
+    )
+    executing: float | None = None
+    collecting_outputs: float | None = Field(
+        default=None, description="downloading the output files from ComfyUI"
+    )
+    storing_outputs: float | None = Field(
+        default=None, description="handing the output files to the job store"
+    )
+    total: float | None = Field(default=None, description="created_at to the final status")
+
+
 class Job(_Model):
     job_id: str
     status: JobStatus
@@ -137,7 +165,14 @@ class Job(_Model):
     progress: Progress | None = None
     outputs: list[OutputInfo] = Field(default_factory=list)
     error: JobError | None = None
-    timings: dict[str, float] = Field(default_factory=dict)
+    timings: Timings = Field(default_factory=Timings)
+    call_id: str | None = Field(
+        default=None,
+        # records stored before the field was public called it function_call_id
+        validation_alias=AliasChoices("call_id", "function_call_id"),
+        description="on Modal, the worker's FunctionCall id: `modal app logs APP"
+        " --function-call ID` shows this job's log lines",
+    )
 
     @property
     def finished(self) -> bool:
@@ -156,12 +191,32 @@ class JobRecord(Job):
     workflow_sha256: str
     inputs: list[InputMeta] = Field(default_factory=list)
     timeout_s: int | None = None
-    function_call_id: str | None = None  # Modal: the worker's FunctionCall, for logs and cancel
     cancel_requested: bool = False
     revision: int = 0  # bumped by every store update; long polls wait for it to move
 
     def public(self) -> Job:
         return Job.model_validate(self.model_dump(include=set(Job.model_fields)))
+
+
+class JobPage(_Model):
+    """Answer of GET /jobs: newest first; ``next`` continues the list (``?before=next``)."""
+
+    jobs: list[Job]
+    next: str | None = Field(default=None, description="cursor of the next page; null at the end")
+
+
+class JobLogs(_Model):
+    """Answer of GET /jobs/{id}/logs: the log lines of one job's run.
+
+    ``source: "comfyui"``: ComfyUI's own lines captured while the job ran (``ryla serve``).
+    ``source: "modal"``: the lines live with Modal; fetch them with ``modal app logs APP
+    --function-call CALL_ID`` (``lines`` is empty).
+    """
+
+    job_id: str
+    source: Literal["comfyui", "modal"]
+    lines: list[str] = Field(default_factory=list)
+    call_id: str | None = None
 
 
 class Health(_Model):
@@ -213,12 +268,15 @@ __all__ = [
     "InputSpec",
     "Job",
     "JobError",
+    "JobLogs",
+    "JobPage",
     "JobPhase",
     "JobRecord",
     "JobRequest",
     "JobStatus",
     "OutputInfo",
     "Progress",
+    "Timings",
     "ValidateRequest",
     "ValidationReport",
     "workflow_identity",
