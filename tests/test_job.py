@@ -124,7 +124,10 @@ def _answer(**changes: Any) -> dict[str, Any]:
             _answer(error={"type": "t", "message": "m", "traceback_tail": [1]}),
             "job.error.traceback_tail: expected a list of strings",
         ),
-        (_answer(timings={"executing": "slow"}), "job.timings.executing: expected an integer or a number"),
+        (
+            _answer(timings={"executing": "slow"}),
+            "job.timings.executing: expected an integer or a number",
+        ),
     ],
 )
 def test_a_bad_answer_names_the_field(answer: Any, message: str) -> None:

@@ -191,9 +191,7 @@ class ModalExecutor:
         except mx.TimeoutError:
             return record  # no result yet: queued for a GPU or running
         except (mx.ConnectionError, mx.ServiceError, mx.InternalError, OSError) as exc:
-            log.warning(
-                "job %s: cannot look at %s now: %s", record.job_id, record.call_id, exc
-            )
+            log.warning("job %s: cannot look at %s now: %s", record.job_id, record.call_id, exc)
             return record  # our side's trouble, not the job's: look again later
         except mx.InputCancellation:
             return self._lost(record, "the call was cancelled")
