@@ -297,3 +297,22 @@ def test_jobs_cancel(gateway: Gateway, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     waited = ryla("jobs", "wait", job_id, env=env, cwd=tmp_path)
     assert waited.returncode == 4 and "cancelled" in waited.stderr
+
+
+def test_summary_seconds_are_the_jobs_wall_time(
+    gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The summary's seconds column once added ``total`` to overlapping phases (≥ 2× the real
+    time).  A ~2 s job, timed here around the whole submit-wait-download: within 10 %."""
+    from ryla_modal.cli.generate_cmd import _seconds
+    from ryla_modal.client import RylaClient
+
+    monkeypatch.setenv("RYLA_CONFIG_DIR", str(tmp_path / "cfg"))
+    wf = slow_workflow("stub", unique("wall"), steps=20, step_seconds=0.1)
+    with RylaClient(gateway.url, token=TOKEN) as client:
+        started = time.monotonic()
+        result = client.generate(wf, out_dir=tmp_path / "out")
+        wall = time.monotonic() - started
+    shown = float(_seconds(result.job))
+    assert result.job.status == "succeeded"
+    assert abs(shown - wall) <= 0.1 * wall, (shown, wall, result.job.timings)

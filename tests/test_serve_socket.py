@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from ryla_modal.cli.serve_cmd import _bind
+from ryla_modal.gateway.local import bind as _bind
 
 
 def test_bound_socket_is_tcp_so_accepted_connections_get_nodelay() -> None:

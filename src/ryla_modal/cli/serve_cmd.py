@@ -1,21 +1,16 @@
 """`ryla serve`: the job API on this machine, in front of a local ComfyUI.
 
-Thin glue: launch ComfyUI through our launcher (or use one that runs), open the SQLite job store,
-settle jobs a previous run left behind, serve the gateway with uvicorn, and on the way out (Ctrl-C,
-SIGTERM) interrupt running jobs and stop ComfyUI.  fastapi and uvicorn are imported inside the
-command so ``ryla --help`` stays fast.
+Parses options, checks their combinations, and calls ``gateway.local.serve_local`` (which
+composes the store, ComfyUI, the executor and uvicorn); Ctrl-C and SIGTERM both leave through
+its cleanup.  The server code is imported inside the command so ``ryla --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import logging
 import os
 import shlex
-import shutil
 import signal
-import socket
 import sys
 from pathlib import Path
 from types import FrameType
@@ -25,10 +20,10 @@ import click
 
 from ryla_modal import defaults
 from ryla_modal.cli._output import examples
-from ryla_modal.errors import EXIT_USAGE, ComfyUIUnavailable, ConfigError
+from ryla_modal.errors import EXIT_USAGE
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ryla_modal.comfy.process import ComfyProcess
+    from ryla_modal.gateway.local import Listening
 
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
@@ -54,15 +49,6 @@ log = logging.getLogger("ryla_modal.serve")
 
 class _Terminated(BaseException):
     """SIGTERM arrived: leave through the same cleanup as Ctrl-C."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
 
 
 @click.command("serve", help=SERVE_HELP, epilog=SERVE_EXAMPLES)
@@ -156,6 +142,8 @@ def serve_cmd(
             file=sys.stderr,
         )
         return EXIT_USAGE
+    from ryla_modal.gateway.local import ComfySource, is_loopback, serve_local
+
     token = token or None
     if token is None and not is_loopback(host):
         print(
@@ -174,19 +162,22 @@ def serve_cmd(
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        _serve(
-            comfyui_dir=comfyui_dir,
-            comfyui_python=comfyui_python or sys.executable,
-            comfyui_args=list(comfyui_arg),
-            comfyui_url=comfyui_url,
-            comfyui_command=comfyui_command,
-            comfyui_port=comfyui_port,
+        serve_local(
+            ComfySource(
+                dir=comfyui_dir,
+                python=comfyui_python or sys.executable,
+                command=shlex.split(comfyui_command) if comfyui_command is not None else None,
+                args=list(comfyui_arg),
+                port=comfyui_port,
+                url=comfyui_url,
+            ),
+            data_dir=data_dir,
             host=host,
             port=port,
             token=token,
-            data_dir=data_dir,
             workers=workers,
             ready_timeout=ready_timeout,
+            on_listening=_say_listening,
         )
     except _Terminated:
         return EXIT_TERMINATED
@@ -194,6 +185,15 @@ def serve_cmd(
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
     return 0
+
+
+def _say_listening(at: Listening) -> None:
+    print(
+        f"ryla serve: listening on {at.url} (ComfyUI at {at.comfy_url}, data in {at.data_dir})"
+        f"{' with a bearer token' if at.with_token else ''}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -210,133 +210,4 @@ def _setup_logging() -> None:
     logger.setLevel(logging.INFO)
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not the default 0: asyncio turns on TCP_NODELAY only for sockets that say
-    # they are TCP, and without it every answer waits ~40 ms for a delayed ACK (Nagle).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            hint="pick another --port (0 takes any free one)",
-        ) from exc
-    sock.set_inheritable(False)
-    return sock
-
-
-def _serve(
-    *,
-    comfyui_dir: Path | None,
-    comfyui_python: str,
-    comfyui_args: list[str],
-    comfyui_url: str | None,
-    comfyui_command: str | None,
-    comfyui_port: int | None,
-    host: str,
-    port: int,
-    token: str | None,
-    data_dir: Path,
-    workers: int,
-    ready_timeout: float,
-) -> None:
-    import uvicorn
-
-    from ryla_modal.comfy.process import ComfyProcess
-    from ryla_modal.gateway.app import create_app
-    from ryla_modal.gateway.executors import LocalExecutor
-    from ryla_modal.gateway.object_info import ComfyObjectInfo
-    from ryla_modal.gateway.store import SQLiteJobStore
-
-    store = SQLiteJobStore(data_dir)
-    process: ComfyProcess | None = None
-    executor: LocalExecutor | None = None
-    sock: socket.socket | None = None
-    try:
-        sock = _bind(host, port)
-        if comfyui_url is not None:
-            base_url = comfyui_url.rstrip("/")
-            _probe(base_url)
-        else:
-            log_path = data_dir / "comfyui.log"
-            if comfyui_dir is not None:
-                process = ComfyProcess.for_checkout(
-                    comfyui_dir,
-                    comfyui_python,
-                    port=comfyui_port,
-                    extra_args=comfyui_args,
-                    log_path=log_path,
-                )
-            else:
-                assert comfyui_command is not None
-                process = ComfyProcess(
-                    shlex.split(comfyui_command),
-                    port=comfyui_port,
-                    extra_args=comfyui_args,
-                    log_path=log_path,
-                )
-            log.info("starting ComfyUI (log: %s)", process.log_path)
-            process.start(ready_timeout=ready_timeout)
-            base_url = process.base_url
-        if process is not None:
-            log.info("ComfyUI ready at %s (pid %s)", base_url, process.pid)
-        else:
-            log.info("using ComfyUI at %s", base_url)
-
-        # Half-collected outputs of a crashed run: nobody will pick them up (we hold the lock).
-        shutil.rmtree(data_dir / "work", ignore_errors=True)
-        executor = LocalExecutor(
-            store, base_url, process=process, workers=workers, work_dir=data_dir / "work"
-        )
-        executor.recover()
-        app = create_app(executor, store, token=token, object_info=ComfyObjectInfo(base_url))
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=int(defaults.SERVE_GRACEFUL_HTTP_S),
-        )
-        bound_host, bound_port = sock.getsockname()[:2]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        print(
-            f"ryla serve: listening on http://{shown}:{bound_port} (ComfyUI at {base_url},"
-            f" data in {data_dir}){' with a bearer token' if token else ''}",
-            file=sys.stderr,
-            flush=True,
-        )
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        log.info("stopping")
-        if executor is not None:
-            executor.close()
-        if process is not None:
-            process.stop()
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
-        store.close()
-        log.info("stopped")
-
-
-def _probe(base_url: str) -> None:
-    import httpx
-
-    url = f"{base_url}/system_stats"
-    try:
-        with httpx.Client(trust_env=False) as client:
-            resp = client.get(url, timeout=httpx.Timeout(defaults.COMFY_CONNECT_TIMEOUT_S))
-    except httpx.HTTPError as exc:
-        raise ComfyUIUnavailable(
-            f"no ComfyUI answers at {base_url}: {exc}",
-            hint="start ComfyUI first, or let ryla launch it with --comfyui-dir",
-        ) from exc
-    if resp.status_code != 200:
-        raise ComfyUIUnavailable(f"{url} answered HTTP {resp.status_code}; is this ComfyUI?")
-
-
-__all__ = ["is_loopback", "serve_cmd"]
+__all__ = ["serve_cmd"]

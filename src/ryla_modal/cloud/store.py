@@ -10,7 +10,22 @@ transactions, only an atomic ``put(key, value, skip_if_exists=True)``:
 - ``final:<id>``  the whole record once it is final; ``put(..., skip_if_exists=True)``, so the
   first final status wins atomically (a worker finishing late never overwrites a cancel).
 
-A read merges them.  Output files live on the outputs Volume at ``<root>/<job_id>/<index>``; the
+- ``index:<n>``  slot ``n`` of the job list (``{job_id, created_at}``), claimed at create with
+  ``put(..., skip_if_exists=True)``; ``index:next`` is a hint of the first free slot.
+
+A read merges them.
+
+The job list (``page``, GET /jobs) reads the index newest slot first, so a page costs about
+``limit`` index reads plus one record read each, however many jobs the Dict holds; a full scan
+(``items()``) stays only for ``list``, which the gateway calls with a cache.  Slots rather than
+one list key because ``modal.Dict`` has no atomic append: two gateway containers creating jobs
+at once would lose one of two read-modify-write updates of a list, while claiming a slot with
+``skip_if_exists`` cannot lose either.  The hint may lag or go back under such races; claimers
+and readers probe past it.  Slot order is creation order as the gateways saw it, so across
+gateway containers "newest first" is approximate by the skew of their clocks.  Jobs created
+before the index existed are not listed.
+
+Output files live on the outputs Volume at ``<root>/<job_id>/<index>``; the
 worker commits the Volume before the record says ``succeeded`` and the gateway reloads it when a
 file it should have is not there yet.
 """
@@ -35,7 +50,7 @@ from ryla_modal.gateway.schemas import (
     TERMINAL_STATUSES,
     JobRecord,
 )
-from ryla_modal.gateway.store import JobStore, apply_update
+from ryla_modal.gateway.store import JobStore, apply_update, decode_cursor, encode_cursor
 
 log = logging.getLogger("ryla_modal.gateway")
 
@@ -43,6 +58,8 @@ log = logging.getLogger("ryla_modal.gateway")
 LIVE_FIELDS = ("status", "phase", "progress", "timings", "updated_at")
 _COPY_CHUNK = 1024 * 1024
 _JOB_ID_RE = re.compile(JOB_ID_PATTERN)
+_INDEX_MAX_PROBES = 10_000  # slots tried past the hint before giving up (a bounded loop)
+_INDEX_PAGE_SCAN = 1_000  # index slots one page may read
 
 
 class DictLike(Protocol):
@@ -94,6 +111,7 @@ class DictJobStore(JobStore):
         self._list_cache_s = list_cache_s
         self._clock = clock
         self._lock = threading.Lock()
+        self._index_lock = threading.Lock()
         self._uncommitted = False
         self._reload_lock = threading.Lock()
         self._list_cache: tuple[float, list[JobRecord]] | None = None
@@ -103,6 +121,7 @@ class DictJobStore(JobStore):
     def create_if_absent(self, record: JobRecord) -> tuple[JobRecord, bool]:
         job_id = _check_id(record.job_id)
         if self._d.put(f"job:{job_id}", _dump(record), skip_if_exists=True):
+            self._add_to_index(record)
             return record, True
         existing = self.get(job_id)
         if existing is None:  # pragma: no cover - a key that exists but reads as nothing
@@ -110,7 +129,10 @@ class DictJobStore(JobStore):
         return existing, False
 
     def get(self, job_id: str) -> JobRecord | None:
-        parts = {kind: self._d.get(f"{kind}:{job_id}") for kind in _KINDS}
+        final = self._d.get(f"final:{job_id}")
+        if final is not None:  # one read for a finished job
+            return _compose({"final": final})
+        parts = {kind: self._d.get(f"{kind}:{job_id}") for kind in ("job", "live", "cancel")}
         return _compose({k: v for k, v in parts.items() if v is not None})
 
     def update(self, job_id: str, *, force: bool = False, **fields: Any) -> JobRecord | None:
@@ -190,6 +212,53 @@ class DictJobStore(JobStore):
                 parts.setdefault(job_id, {})[kind] = value
         records = (_compose(p) for p in parts.values())
         return [r for r in records if r is not None]
+
+    # --- the job list (index slots; see the module docstring) ------------------------------
+
+    def _add_to_index(self, record: JobRecord) -> None:
+        entry = {"job_id": record.job_id, "created_at": record.created_at}
+        with self._index_lock:  # our own threads do not race each other for a slot
+            n = self._first_free_slot()
+            for _ in range(_INDEX_MAX_PROBES):
+                if self._d.put(f"index:{n}", entry, skip_if_exists=True):
+                    self._d["index:next"] = n + 1
+                    return
+                n += 1
+        log.warning("job %s: no free job-list slot found; it is not listed", record.job_id)
+
+    def _first_free_slot(self) -> int:
+        hint = self._d.get("index:next")
+        n = hint if isinstance(hint, int) and hint >= 0 else 0
+        for _ in range(_INDEX_MAX_PROBES):
+            if self._d.get(f"index:{n}") is None:
+                return n
+            n += 1
+        return n
+
+    def page(
+        self, status: Iterable[str] | None = None, limit: int = 20, before: str | None = None
+    ) -> tuple[builtins.list[JobRecord], str | None]:
+        """Newest first, walking at most ``_INDEX_PAGE_SCAN`` slots per call: a page with
+        fewer than ``limit`` jobs and a ``next`` cursor means "more may follow"."""
+        wanted = None if status is None else set(status)
+        if before is None:
+            n = self._first_free_slot() - 1
+        else:
+            value = decode_cursor(before)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError("not a page cursor of this server")
+            n = value - 1
+        out: builtins.list[JobRecord] = []
+        scanned = 0
+        while n >= 0 and len(out) < limit and scanned < _INDEX_PAGE_SCAN:
+            entry = self._d.get(f"index:{n}")
+            scanned += 1
+            n -= 1
+            job_id = entry.get("job_id") if isinstance(entry, dict) else None
+            record = self.get(job_id) if isinstance(job_id, str) else None
+            if record is not None and (wanted is None or record.status in wanted):
+                out.append(record)
+        return out, encode_cursor(n + 1) if n >= 0 else None
 
     # --- outputs (files on the outputs Volume) ---------------------------------------------
 

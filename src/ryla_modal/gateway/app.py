@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Annotated, Any
 
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -51,6 +51,8 @@ from ryla_modal.gateway.schemas import (
     InputMeta,
     Job,
     JobError,
+    JobLogs,
+    JobPage,
     JobRecord,
     JobRequest,
     ValidateRequest,
@@ -58,6 +60,7 @@ from ryla_modal.gateway.schemas import (
     workflow_identity,
 )
 from ryla_modal.gateway.store import JobStore
+from ryla_modal.job import JOB_STATUSES
 from ryla_modal.outputs import safe_basename
 from ryla_modal.validate import check_workflow, validate_against_object_info
 from ryla_modal.workflow import is_ui_format, validate_structure
@@ -456,6 +459,48 @@ def create_app(
                 http_headers={"retry-after": "30"},
             )
         return JSONResponse(info)
+
+    # --- the job list and a job's logs (issue 10's server side) ----------------------------
+
+    @app.get("/jobs", response_model=JobPage, responses={**_ERRORS})
+    async def list_jobs(
+        status: Annotated[
+            list[str] | None,
+            Query(
+                description="only jobs in these statuses (repeat the parameter, or comma-separate)"
+            ),
+        ] = None,
+        limit: int = Query(20, ge=1, le=100, description="jobs per page"),
+        before: str | None = Query(
+            None, max_length=512, description="the previous page's `next`: continue after it"
+        ),
+    ) -> JobPage:
+        """Jobs newest first, a page at a time."""
+        given = status or []
+        wanted = {part.strip() for item in given for part in item.split(",") if part.strip()}
+        unknown = sorted(wanted - JOB_STATUSES)
+        if unknown:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"status: {', '.join(repr(u[:40]) for u in unknown[:5])} is not one of"
+                f" {sorted(JOB_STATUSES)}",
+            )
+        try:
+            records, after = await run_in_threadpool(store.page, wanted or None, limit, before)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", f"before: {exc}") from exc
+        return JobPage(jobs=[r.public() for r in records], next=after)
+
+    @app.get(
+        "/jobs/{job_id}/logs",
+        response_model=JobLogs,
+        responses={404: {"model": ErrorResponse, "description": "unknown job"}, **_ERRORS},
+    )
+    async def job_logs(job_id: str) -> JobLogs:
+        """The job's own log lines (``ryla serve``), or where Modal keeps them (``call_id``)."""
+        record = await api.current(job_id)
+        return await run_in_threadpool(executor.logs, record)
 
     return app
 

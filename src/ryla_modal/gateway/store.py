@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import base64
+import binascii
+import builtins
 import contextlib
 import fcntl
 import io
+import json
 import os
 import sqlite3
 import threading
@@ -56,6 +60,15 @@ class JobStore(abc.ABC):
         """Records, oldest first, optionally only those with the given status(es)."""
 
     @abc.abstractmethod
+    def page(
+        self, status: Iterable[str] | None = None, limit: int = 20, before: str | None = None
+    ) -> tuple[builtins.list[JobRecord], str | None]:
+        """One page of jobs, newest first, and the cursor of the next page (None at the end).
+
+        ``before`` is a cursor this store returned; another value raises ValueError.
+        """
+
+    @abc.abstractmethod
     def put_output(self, job_id: str, index: int, src: Path | bytes) -> None:
         """Keep output ``index`` of a job (a file is copied; it appears whole or not at all)."""
 
@@ -89,6 +102,36 @@ def _statuses(status: str | Iterable[str] | None) -> set[str] | None:
     return {status} if isinstance(status, str) else set(status)
 
 
+def encode_cursor(value: object) -> str:
+    """An opaque, URL-safe page cursor for a JSON-able value."""
+    raw = json.dumps(value, separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Any:
+    """The value ``encode_cursor`` wrapped; ValueError for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return json.loads(raw)
+    except (ValueError, binascii.Error) as exc:
+        raise ValueError("not a page cursor of this server") from exc
+
+
+def _time_cursor(cursor: str | None) -> tuple[float, str] | None:
+    """Memory and SQLite pages are keyed by (created_at, job_id), newest first."""
+    if cursor is None:
+        return None
+    value = decode_cursor(cursor)
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not isinstance(value[0], int | float)
+        or not isinstance(value[1], str)
+    ):
+        raise ValueError("not a page cursor of this server")
+    return float(value[0]), value[1]
+
+
 def apply_update(
     record: JobRecord, fields: Mapping[str, Any], *, force: bool = False, now: float | None = None
 ) -> JobRecord | None:
@@ -103,6 +146,14 @@ def apply_update(
     merged["revision"] = record.revision + 1
     merged["updated_at"] = max(time.time() if now is None else now, record.updated_at)
     return JobRecord.model_validate(merged)
+
+
+def _page_of(newest_first: list[JobRecord], limit: int) -> tuple[list[JobRecord], str | None]:
+    """At most ``limit`` records (given up to ``limit + 1``) and the cursor after the last."""
+    page = newest_first[:limit]
+    more = len(newest_first) > limit
+    last = page[-1] if page else None
+    return page, encode_cursor([last.created_at, last.job_id]) if more and last else None
 
 
 class _Notifier:
@@ -187,6 +238,25 @@ class MemoryJobStore(JobStore):
         chosen = [r for r in records if wanted is None or r.status in wanted]
         return sorted(chosen, key=lambda r: r.created_at)
 
+    def page(
+        self, status: Iterable[str] | None = None, limit: int = 20, before: str | None = None
+    ) -> tuple[builtins.list[JobRecord], str | None]:
+        wanted = _statuses(status)
+        key = _time_cursor(before)
+        with self._lock:
+            records = list(self._records.values())
+        chosen = sorted(
+            (
+                r
+                for r in records
+                if (wanted is None or r.status in wanted)
+                and (key is None or (r.created_at, r.job_id) < key)
+            ),
+            key=lambda r: (r.created_at, r.job_id),
+            reverse=True,
+        )
+        return _page_of(chosen[: limit + 1], limit)
+
     def put_output(self, job_id: str, index: int, src: Path | bytes) -> None:
         data = src if isinstance(src, bytes) else Path(src).read_bytes()
         with self._lock:
@@ -211,6 +281,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, job_id);
+CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at, job_id);
 """
 _SCHEMA_VERSION = 1
 
@@ -338,6 +410,29 @@ class SQLiteJobStore(JobStore):
                 ).fetchall()
         return [JobRecord.model_validate_json(r[0]) for r in rows]
 
+    def page(
+        self, status: Iterable[str] | None = None, limit: int = 20, before: str | None = None
+    ) -> tuple[builtins.list[JobRecord], str | None]:
+        wanted = sorted(_statuses(status) or ())
+        key = _time_cursor(before)
+        where: list[str] = []
+        args: list[Any] = []
+        if wanted:
+            where.append(f"status IN ({','.join('?' * len(wanted))})")
+            args.extend(wanted)
+        if key is not None:
+            where.append("(created_at < ? OR (created_at = ? AND job_id < ?))")
+            args.extend([key[0], key[0], key[1]])
+        # Only fixed fragments and placeholders reach the SQL text; values go as parameters.
+        sql = (
+            "SELECT record FROM jobs"  # noqa: S608
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY created_at DESC, job_id DESC LIMIT ?"
+        )
+        with self._lock:
+            rows = self._db.execute(sql, [*args, limit + 1]).fetchall()
+        return _page_of([JobRecord.model_validate_json(r[0]) for r in rows], limit)
+
     async def wait_for_change(self, job_id: str, revision: int, wait_s: float) -> None:
         await self._notifier.wait(self, job_id, revision, wait_s)
 
@@ -361,4 +456,11 @@ class SQLiteJobStore(JobStore):
         return fh, os.fstat(fh.fileno()).st_size
 
 
-__all__ = ["JobStore", "MemoryJobStore", "SQLiteJobStore", "apply_update"]
+__all__ = [
+    "JobStore",
+    "MemoryJobStore",
+    "SQLiteJobStore",
+    "apply_update",
+    "decode_cursor",
+    "encode_cursor",
+]

@@ -1,0 +1,181 @@
+"""The local job API (``ryla serve``) composed in one call: store, ComfyUI, executor, app, uvicorn.
+
+The Modal gateway is composed in ``cloud/gateway.py``; this is its local twin, so the CLI only
+parses options and prints.  ``serve_local`` opens the SQLite store (which locks its data folder),
+binds the listening socket first (a taken port fails before ComfyUI spends seconds starting),
+launches ComfyUI through ``ComfyProcess`` or probes the one given by URL, settles jobs a previous
+run left behind, and serves until uvicorn stops (Ctrl-C) or the caller's signal handler raises;
+on the way out it interrupts running jobs and stops ComfyUI.
+
+    serve_local(ComfySource(url="http://127.0.0.1:8188"), data_dir=Path(".ryla/serve"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import shutil
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ryla_modal import defaults
+from ryla_modal.comfy.process import ComfyProcess, check_ready
+from ryla_modal.errors import ComfyUIUnavailable, ConfigError
+
+log = logging.getLogger("ryla_modal.serve")
+
+
+@dataclass(frozen=True)
+class ComfySource:
+    """Where the ComfyUI comes from: a checkout to launch, a command to launch, or a URL."""
+
+    dir: Path | None = None
+    python: str = sys.executable
+    command: Sequence[str] | None = None
+    args: Sequence[str] = ()
+    port: int | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Listening:
+    """What ``serve_local`` tells its caller once it accepts connections."""
+
+    url: str
+    comfy_url: str
+    data_dir: Path
+    with_token: bool
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach ``host`` (a host name may resolve to anything: False)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (0: any free port); ConfigError when taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not the default 0: asyncio turns on TCP_NODELAY only for sockets that say
+    # they are TCP, and without it every answer waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="pick another --port (0 takes any free one)",
+        ) from exc
+    sock.set_inheritable(False)
+    return sock
+
+
+def comfy_process(source: ComfySource, log_path: Path) -> ComfyProcess:
+    """The ``ComfyProcess`` for a source that launches ComfyUI (a checkout or a command)."""
+    if source.dir is not None:
+        return ComfyProcess.for_checkout(
+            source.dir, source.python, port=source.port, extra_args=source.args, log_path=log_path
+        )
+    if source.command:
+        return ComfyProcess(
+            list(source.command), port=source.port, extra_args=source.args, log_path=log_path
+        )
+    raise ConfigError("give a ComfyUI checkout, a command to launch, or a URL")
+
+
+def serve_local(
+    source: ComfySource,
+    *,
+    data_dir: Path,
+    host: str = defaults.SERVE_HOST,
+    port: int = defaults.SERVE_PORT,
+    token: str | None = None,
+    workers: int = defaults.SERVE_WORKERS,
+    ready_timeout: float = defaults.COMFY_READY_TIMEOUT_S,
+    on_listening: Callable[[Listening], None] | None = None,
+) -> None:
+    """Serve the job API until uvicorn stops; always stops ComfyUI and closes the store.
+
+    Refuses (ConfigError) to listen beyond loopback without a ``token``.
+    """
+    import uvicorn
+
+    from ryla_modal.gateway.app import create_app
+    from ryla_modal.gateway.executors import LocalExecutor
+    from ryla_modal.gateway.object_info import ComfyObjectInfo
+    from ryla_modal.gateway.store import SQLiteJobStore
+
+    if token is None and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {host} without a token: anyone who can reach it could run jobs",
+            hint="set RYLA_TOKEN (clients send it as 'Authorization: Bearer ...'), or listen on"
+            " 127.0.0.1",
+        )
+    store = SQLiteJobStore(data_dir)
+    process: ComfyProcess | None = None
+    executor: LocalExecutor | None = None
+    sock: socket.socket | None = None
+    try:
+        sock = bind(host, port)
+        if source.url is not None:
+            base_url = source.url.rstrip("/")
+            try:
+                check_ready(base_url, timeout=defaults.COMFY_CONNECT_TIMEOUT_S)
+            except ComfyUIUnavailable as exc:
+                raise ComfyUIUnavailable(
+                    str(exc), hint="start ComfyUI first, or let ryla launch it with --comfyui-dir"
+                ) from exc
+            log.info("using ComfyUI at %s", base_url)
+        else:
+            process = comfy_process(source, data_dir / "comfyui.log")
+            log.info("starting ComfyUI (log: %s)", process.log_path)
+            process.start(ready_timeout=ready_timeout)
+            base_url = process.base_url
+            log.info("ComfyUI ready at %s (pid %s)", base_url, process.pid)
+
+        # Half-collected outputs of a crashed run: nobody will pick them up (we hold the lock).
+        shutil.rmtree(data_dir / "work", ignore_errors=True)
+        executor = LocalExecutor(
+            store, base_url, process=process, workers=workers, work_dir=data_dir / "work"
+        )
+        executor.recover()
+        app = create_app(executor, store, token=token, object_info=ComfyObjectInfo(base_url))
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=int(defaults.SERVE_GRACEFUL_HTTP_S),
+        )
+        bound_host, bound_port = sock.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        if on_listening is not None:
+            on_listening(
+                Listening(f"http://{shown}:{bound_port}", base_url, data_dir, token is not None)
+            )
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        log.info("stopping")
+        if executor is not None:
+            executor.close()
+        if process is not None:
+            process.stop()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+        store.close()
+        log.info("stopped")
+
+
+__all__ = ["ComfySource", "Listening", "bind", "comfy_process", "is_loopback", "serve_local"]
