@@ -1,10 +1,13 @@
 """What ``ComfyWorker`` does inside its GPU container: keep ComfyUI up, run one job per call.
 
-The worker writes everything the gateway shows: ``running`` and progress (at most
-``progress_interval_s`` apart unless the phase changes), then the final state with the outputs
-(files on the outputs Volume, committed before the record says ``succeeded``).  A cancel reaches
-it two ways: Modal raises ``InputCancellation`` in the call, or the gateway's flag in the store
-(polled each ``cancel_poll_s``) interrupts the prompt in ComfyUI.
+The job itself goes through ``gateway.lifecycle.JobLifecycle``, the same code ``ryla serve``
+runs, which writes everything the gateway shows (``running``, throttled progress, the final
+state with the outputs: files on the outputs Volume, committed before the record says
+``succeeded``).  This module adds what only a container has: ComfyUI's start (its span counts as
+``starting_comfyui`` for the jobs that waited through it), a restart of a dead ComfyUI before a
+job, and payload decoding.  A cancel reaches a job two ways: Modal raises ``InputCancellation``
+in the call, or the gateway's flag in the store (polled each ``cancel_poll_s``) interrupts the
+prompt in ComfyUI.
 
     worker = ModalWorker.from_env(on_outputs_written=outputs_volume.commit)  # @modal.enter
     worker.run({"job_id": ..., "workflow": {...}, "inputs": [], "timeout_s": None})

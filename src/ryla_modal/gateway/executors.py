@@ -1,11 +1,11 @@
 """Executors run the jobs the gateway accepted; they report by writing to the job store.
 
 ``Executor`` is the small protocol the gateway needs (``LocalExecutor`` here, ``ModalExecutor``
-for the GPU app).  ``LocalExecutor`` runs each job with ``ComfyRunner`` in a bounded thread pool
-against one ComfyUI.  Its promises: every job it accepted ends in a final status with a reason
-(a crashed worker is ``failed``, never ``running`` forever); cancel interrupts the job in ComfyUI
-by its prompt_id; jobs left behind by a previous process are failed with a reason the client can
-act on.
+in ``cloud/``).  ``LocalExecutor`` hands each job to ``JobLifecycle`` (``gateway/lifecycle.py``,
+the code the Modal worker runs too) in a bounded thread pool against one ComfyUI.  Its promises:
+every job it accepted ends in a final status with a reason (a crashed worker is ``failed``, never
+``running`` forever); cancel interrupts the job in ComfyUI by its prompt_id; jobs left behind by
+a previous process are failed with a reason the client can act on.
 
     executor = LocalExecutor(store, comfy.base_url, process=comfy)
     executor.recover()
