@@ -1,114 +1,35 @@
-"""The Modal app: image layers, volumes, secrets, the GPU ``ComfyWorker`` and the gateway.
+"""The ComfyUI app for ``modal deploy modal_apps/comfyui_app.py``: the packaged app, re-exported.
 
-Declarations only; the work happens in ``ryla_modal.cloud`` (worker: ``cloud.worker``, gateway:
-``cloud.gateway``, downloads: ``cloud.models``).  Settings are ``RYLA_*`` variables
-read at deploy time (``ryla_modal.cloud.settings``) and handed to every container as its
-environment, so the container's own import of this file declares the same app.
-
-    RYLA_GPU=A100 RYLA_SECRETS=huggingface-secret ryla deploy   # or: modal deploy <this file>
-
-Importing this file needs no Modal token: every Modal object here is lazy.
+The declarations live in ``ryla_modal.cloud.app`` (shipped in the wheel, deployed by a plain
+``ryla deploy``).  This file is the same app, not a copy: Modal records each function's module,
+so containers import ``ryla_modal.cloud.app`` either way.  To change the app itself (image steps,
+extra functions), write your own file with ``ryla init --app`` and ``ryla deploy THAT_FILE``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import modal
-
-from ryla_modal.cloud import image as paths
-from ryla_modal.cloud.settings import IMAGE_PACKAGES, AppSettings
-
-settings = AppSettings.from_env()
-container_env: dict[str, str | None] = dict(settings.to_env())
-
-app = modal.App(settings.app_name)
-
-# Layers from the slowest-changing to the fastest: a code edit only re-adds ryla_modal (last).
-image = (
-    modal.Image.debian_slim(python_version="3.11")
-    .apt_install("git")
-    .pip_install(*settings.torch_packages)
-    .run_commands(*paths.comfyui_commands(settings.comfyui_repo, settings.comfyui_commit))
-    .pip_install(*IMAGE_PACKAGES)
-    .run_commands(*paths.custom_node_commands(settings.custom_nodes))
-    .run_commands(paths.write_file_command(paths.MODEL_PATHS_FILE, paths.model_paths_yaml()))
-    .run_commands(paths.object_info_command(paths.OBJECT_INFO_PATH))
-    .add_local_python_source("ryla_modal")
+from ryla_modal.cloud.app import (
+    ComfyWorker,
+    app,
+    container_env,
+    download_models,
+    gateway,
+    image,
+    models,
+    outputs,
+    secrets,
+    settings,
 )
 
-models = modal.Volume.from_name(settings.models_volume, create_if_missing=True)
-outputs = modal.Volume.from_name(settings.outputs_volume, create_if_missing=True)
-secrets = [modal.Secret.from_name(name) for name in settings.secrets]
-
-
-@app.function(
-    image=image,
-    volumes={paths.MODELS_DIR: models},
-    secrets=secrets,
-    env=container_env,
-    timeout=settings.download_timeout_s,
-)
-def download_models(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fetch model files into the models volume (Hugging Face token: ``HF_TOKEN`` secret)."""
-    from ryla_modal.cloud.models import download_all
-
-    done = download_all(items, paths.MODELS_DIR)
-    models.commit()
-    return done
-
-
-@app.cls(
-    image=image,
-    gpu=settings.gpu,
-    volumes={paths.MODELS_DIR: models, paths.OUTPUTS_DIR: outputs},
-    secrets=secrets,
-    env=container_env,
-    scaledown_window=settings.scaledown_window_s,
-    timeout=settings.timeout_s,
-    startup_timeout=settings.startup_timeout_s,
-    max_containers=settings.max_containers,
-)
-@modal.concurrent(max_inputs=settings.max_inputs)
-class ComfyWorker:
-    """One GPU container: ComfyUI started once by ``@modal.enter``, then one job per ``run``."""
-
-    @modal.enter()
-    def start_comfyui(self) -> None:
-        from ryla_modal.cloud.worker import ModalWorker
-
-        self.worker = ModalWorker.from_env(on_outputs_written=outputs.commit)
-        self.worker.start()
-
-    @modal.method()
-    def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        return self.worker.run(job)
-
-    @modal.exit()
-    def stop_comfyui(self) -> None:
-        worker = getattr(self, "worker", None)
-        if worker is not None:
-            worker.stop()
-
-
-@app.function(
-    image=image,
-    cpu=1.0,
-    memory=1024,
-    volumes={paths.MODELS_DIR: models, paths.OUTPUTS_DIR: outputs},
-    env=container_env,
-    scaledown_window=settings.scaledown_window_s,
-    timeout=settings.gateway_timeout_s,
-)
-@modal.concurrent(max_inputs=settings.gateway_max_inputs)
-@modal.asgi_app(requires_proxy_auth=True)
-def gateway() -> Any:
-    """The job API (FastAPI) in front of ComfyWorker, with the modal.Dict job store."""
-    from ryla_modal.cloud.gateway import create_modal_gateway
-
-    return create_modal_gateway(
-        settings,
-        worker_class="ComfyWorker",
-        models_volume=models,
-        outputs_volume=outputs,
-    )
+__all__ = [
+    "ComfyWorker",
+    "app",
+    "container_env",
+    "download_models",
+    "gateway",
+    "image",
+    "models",
+    "outputs",
+    "secrets",
+    "settings",
+]

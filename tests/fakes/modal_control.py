@@ -419,6 +419,15 @@ class _Servicer(api_grpc.ModalClientBase):
 
     async def VolumeGetOrCreate(self, stream: Any) -> None:
         req = await stream.recv_message()
+        creates = req.object_creation_type == api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING
+        if req.deployment_name in self._c.missing_volumes:
+            if not creates:
+                env = req.environment_name or DEFAULT_ENVIRONMENT
+                raise GRPCError(
+                    Status.NOT_FOUND,
+                    f"Volume '{req.deployment_name}' not found in environment '{env}'",
+                )
+            self._c.missing_volumes.discard(req.deployment_name)  # created now
         await stream.send_message(
             api_pb2.VolumeGetOrCreateResponse(
                 volume_id=self._c._object_id("vo", req.deployment_name),
@@ -519,6 +528,147 @@ class _Servicer(api_grpc.ModalClientBase):
                 deployed_at=time.time(),
             )
         )
+
+    # --- looking deployed objects up, calling them, changing their autoscaler ------------------
+
+    async def ClassGet(self, stream: Any) -> None:
+        req = await stream.recv_message()
+        record = self._c._deployed_or_not_found(req.app_name, req.object_tag)
+        publish = record.get("publish")
+        class_id = dict(publish.class_ids).get(req.object_tag) if publish is not None else None
+        if not class_id:
+            raise GRPCError(Status.NOT_FOUND, f"Class '{req.object_tag}' not found")
+        await stream.send_message(
+            api_pb2.ClassGetResponse(
+                class_id=class_id, handle_metadata=api_pb2.ClassHandleMetadata()
+            )
+        )
+
+    async def FunctionGet(self, stream: Any) -> None:
+        req = await stream.recv_message()
+        record = self._c._deployed_or_not_found(req.app_name, req.object_tag)
+        create = record["functions"].get(req.object_tag)
+        if create is None:
+            raise GRPCError(Status.NOT_FOUND, f"Function '{req.object_tag}' not found")
+        definition = function_definition(create)
+        function_id = record["function_ids"][req.object_tag]
+        metadata = api_pb2.FunctionHandleMetadata(
+            function_name=definition.function_name,
+            function_type=definition.function_type,
+            is_method=definition.is_method,
+            app_id=record["app_id"],
+        )
+        for method_name, method in definition.method_definitions.items():
+            metadata.method_handle_metadata[method_name].CopyFrom(
+                api_pb2.FunctionHandleMetadata(
+                    function_name=method.function_name,
+                    function_type=method.function_type,
+                    is_method=True,
+                    use_method_name=method_name,
+                    app_id=record["app_id"],
+                )
+            )
+        with self._c._lock:
+            self._c.function_names[function_id] = (record["name"], req.object_tag)
+        data = api_pb2.FunctionData(
+            module_name=definition.module_name,
+            function_name=definition.function_name,
+            function_type=definition.function_type,
+            is_class=definition.is_class,
+            is_method=definition.is_method,
+        )
+        data.ranked_functions.append(
+            api_pb2.FunctionData.RankedFunction(rank=0, function=definition)
+        )
+        await stream.send_message(
+            api_pb2.FunctionGetResponse(
+                function_id=function_id, handle_metadata=metadata, function=data
+            )
+        )
+
+    async def FunctionUpdateSchedulingParams(self, stream: Any) -> None:
+        req = await stream.recv_message()
+        with self._c._lock:
+            current = self._c.autoscaler.setdefault(req.function_id, api_pb2.AutoscalerSettings())
+            for name in ("min_containers", "max_containers", "buffer_containers"):
+                if req.settings.HasField(name):
+                    setattr(current, name, getattr(req.settings, name))
+            if req.settings.HasField("scaledown_window"):
+                current.scaledown_window = req.settings.scaledown_window
+            answer = api_pb2.AutoscalerSettings()
+            answer.CopyFrom(current)
+        await stream.send_message(
+            api_pb2.FunctionUpdateSchedulingParamsResponse(current_settings=answer)
+        )
+
+    async def FunctionMap(self, stream: Any) -> None:
+        from modal._serialization import deserialize_data_format
+
+        req = await stream.recv_message()
+        with self._c._lock:
+            app_name, tag = self._c.function_names.get(req.function_id, ("", ""))
+        handler = self._c.function_handlers.get((app_name, tag))
+        if handler is None:
+            raise GRPCError(Status.NOT_FOUND, f"fake: no handler for {app_name}/{tag}")
+        (item,) = req.pipelined_inputs
+        args, kwargs = deserialize_data_format(item.input.args, item.input.data_format, None)
+        call_id = new_id("fc")
+        task = asyncio.ensure_future(asyncio.to_thread(handler, *args, **kwargs))
+        with self._c._lock:
+            self._c.function_calls[call_id] = task
+        resp = api_pb2.FunctionMapResponse(function_call_id=call_id)
+        resp.pipelined_inputs.append(
+            api_pb2.FunctionPutInputsResponseItem(idx=0, input_id=new_id("in"), input_jwt="jwt")
+        )
+        await stream.send_message(resp)
+
+    async def FunctionGetOutputs(self, stream: Any) -> None:
+        from modal._serialization import serialize
+
+        req = await stream.recv_message()
+        with self._c._lock:
+            task = self._c.function_calls.get(req.function_call_id)
+        if task is None:
+            raise GRPCError(Status.NOT_FOUND, f"function call {req.function_call_id} not found")
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, min(req.timeout, 30.0)))
+        resp = api_pb2.FunctionGetOutputsResponse(num_unfinished_inputs=0 if done else 1)
+        if done:
+            exc = task.exception()
+            if exc is None:
+                result = api_pb2.GenericResult(
+                    status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS,
+                    data=serialize(task.result()),
+                )
+            else:
+                result = api_pb2.GenericResult(
+                    status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE,
+                    exception=repr(exc),
+                    data=serialize(exc),
+                )
+            resp.outputs.append(
+                api_pb2.FunctionGetOutputsItem(
+                    result=result, idx=0, data_format=api_pb2.DATA_FORMAT_PICKLE
+                )
+            )
+        await stream.send_message(resp)
+
+    async def AppDeploymentHistory(self, stream: Any) -> None:
+        req = await stream.recv_message()
+        app = self._c._app_by_id(req.app_id)
+        resp = api_pb2.AppDeploymentHistoryResponse()
+        with self._c._lock:
+            versions = list(self._c.deployed.get(app.name, {}).get("versions", []))
+        for version, deployed_at in reversed(versions):
+            resp.app_deployment_histories.append(
+                api_pb2.AppDeploymentHistory(
+                    app_id=app.app_id,
+                    version=version,
+                    deployed_at=deployed_at,
+                    client_version="1.6.4",
+                    deployed_by="ryla-test",
+                )
+            )
+        await stream.send_message(resp)
 
 
 def _filter_logs(
@@ -661,6 +811,13 @@ class FakeModalControl:
         self._object_ids: dict[tuple[str, str], str] = {}
         self.object_names: dict[str, str] = {}
         self.missing_secrets: set[str] = set()
+        self.missing_volumes: set[str] = set()
+        #: (app name, function tag) -> a callable run (in a thread) for each FunctionMap
+        self.function_handlers: dict[tuple[str, str], Callable[..., Any]] = {}
+        self.function_calls: dict[str, Any] = {}
+        self.function_names: dict[str, tuple[str, str]] = {}
+        #: function id -> the AutoscalerSettings overrides FunctionUpdateSchedulingParams set
+        self.autoscaler: dict[str, Any] = {}
         self.image_builder_version = "2025.06"
         self.image_build = "cached"  # "cached" | "build" (stream logs, succeed) | "fail"
         self.image_build_logs = ["Step 1/1: building fake image", "Built fake image"]
@@ -922,9 +1079,24 @@ class FakeModalControl:
             app.state = req.app_state or api_pb2.APP_STATE_DEPLOYED
             record = self._deploy_record(app)
             record["publish"] = req
+            versions = record.setdefault("versions", [])
+            versions.append((len(versions) + 1, time.time()))
             record["class_ids"] = dict(req.class_ids)
             record["function_ids"].update(dict(req.function_ids))
         return app
+
+    def _deployed_or_not_found(self, app_name: str, tag: str) -> dict[str, Any]:
+        with self._lock:
+            record = self.deployed.get(app_name)
+            app = self._find_app(app_name, DEFAULT_ENVIRONMENT)
+        if record is None or app is None or app.state != api_pb2.APP_STATE_DEPLOYED:
+            raise GRPCError(Status.NOT_FOUND, f"App '{app_name}' not found")
+        return {**record, "name": app_name}
+
+    def function_id(self, app_name: str, tag: str) -> str:
+        """The id a deploy gave function (or class service function ``Cls.*``) ``tag``."""
+        with self._lock:
+            return str(self.deployed[app_name]["function_ids"][tag])
 
     def _lifecycle(self, app: FakeApp) -> Any:
         return api_pb2.AppLifecycle(

@@ -1,6 +1,6 @@
 """Shell steps and fixed paths of the ComfyUI image, as plain strings (no modal import).
 
-``modal_apps/comfyui_app.py`` chains these into cached image layers; keeping them here makes them
+``ryla_modal.cloud.app`` chains these into cached image layers; keeping them here makes them
 testable without Modal (the object_info step is run against the ComfyUI stand-in in the tests).
 Every value that reaches a shell is validated by ``cloud.settings`` and quoted with ``shlex``.
 """
@@ -66,13 +66,19 @@ def comfyui_commands(repo: str, commit: str) -> list[str]:
 
 
 def custom_node_commands(nodes: Sequence[CustomNode]) -> list[str]:
-    """One clone per node into ``custom_nodes/<dir>``, then its requirements if it has any."""
+    """One clone per node into ``custom_nodes/<dir>``, then its requirements.txt and install.py.
+
+    ComfyUI-Manager runs the same two on install; many nodes need one or the other before they
+    import.  A node that still fails to import fails the object_info step after these.
+    """
     out: list[str] = []
     for node in nodes:
         dest = f"{COMFY_DIR}/custom_nodes/{node.directory}"
         out += git_checkout_commands(node.url, node.commit, dest)
+        q_dest = shlex.quote(dest)
         req = shlex.quote(f"{dest}/requirements.txt")
         out.append(f"if [ -f {req} ]; then pip install -r {req}; fi")
+        out.append(f"if [ -f {q_dest}/install.py ]; then cd {q_dest} && python install.py; fi")
     return out
 
 

@@ -8,19 +8,21 @@ Each item names a models folder and a source, either a Hugging Face file or an h
 
 ``HF_TOKEN`` (from a Modal Secret) is used for Hugging Face only: it is never sent to other hosts
 and never appears in a result or an error.  A file already on the volume is skipped, so running
-the same list twice is cheap.  Files appear whole or not at all (temp file, then rename).
+the same list twice is cheap.  Files appear whole or not at all: bytes go to ``.NAME.part`` (kept
+when a transfer breaks, resumed with a Range request next time), are checked against ``sha256``
+when one is given, and only then renamed.  Hugging Face files are fetched by URL the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
-import shutil
-import tempfile
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import httpx
 
@@ -33,6 +35,8 @@ from ryla_modal.outputs import safe_basename
 VOLUME_FOLDERS = frozenset(name for sources in MODEL_FOLDERS.values() for name in sources)
 _HF_HOSTS = ("huggingface.co", "hf.co")
 _CHUNK = 1024 * 1024
+_MAX_REDIRECTS = 5
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _item_error(i: int, message: str) -> ConfigError:
@@ -67,6 +71,11 @@ def plan(items: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
             entry.update(hf_repo=str(repo), hf_file=str(file))
             entry["revision"] = str(item.get("revision") or "main")
             default_name = str(file).rsplit("/", 1)[-1]
+        sha = item.get("sha256")
+        if sha:
+            if not _SHA256_RE.match(str(sha).lower()):
+                raise _item_error(i, f"sha256 {sha!r} is not 64 hex digits")
+            entry["sha256"] = str(sha).lower()
         name = str(item.get("name") or default_name)
         if not name or safe_basename(name, fallback="") != name:
             raise _item_error(i, f"{name!r} is not a plain file name")
@@ -81,65 +90,146 @@ def download_all(
     *,
     token: str | None = None,
     timeout_s: float = defaults.READ_TIMEOUT_S,
+    on_clash: str = "skip",
 ) -> list[dict[str, Any]]:
-    """Fetch every item into ``models_dir/<folder>/<name>``; returns what was done per item."""
+    """Fetch every item into ``models_dir/<folder>/<name>``; returns what was done per item.
+
+    A file already there is skipped (``on_clash="skip"``, what a redeploy wants) or refused
+    (``"error"``, what ``ryla models add`` wants) unless its sha256 is the one asked for.
+    """
+    if on_clash not in ("skip", "error"):
+        raise ValueError(f"on_clash must be 'skip' or 'error', not {on_clash!r}")
     root = Path(models_dir)
     token = token if token is not None else os.environ.get("HF_TOKEN") or None
     done: list[dict[str, Any]] = []
     for entry in plan(items):
         dest = root / entry["folder"] / entry["name"]
         if dest.is_file():
+            want = entry.get("sha256")
+            if want and _sha256_file(dest) == want:
+                done.append({**_public(entry), "size": dest.stat().st_size, "skipped": True})
+                continue
+            if on_clash == "error" or want:
+                have = "another file" if want else "a file"
+                raise ConfigError(
+                    f"{entry['folder']}/{entry['name']} already holds {have}: nothing downloaded",
+                    hint="choose another name with --name, or remove the file first",
+                )
             done.append({**_public(entry), "size": dest.stat().st_size, "skipped": True})
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if "url" in entry:
-            _fetch_url(entry["url"], dest, token=token, timeout_s=timeout_s)
-        else:
-            _fetch_hf(entry, dest, token=token)
+        _fetch_url(
+            source_url(entry), dest, token=token, timeout_s=timeout_s, sha256=entry.get("sha256")
+        )
         done.append({**_public(entry), "size": dest.stat().st_size, "skipped": False})
     return done
 
 
+def source_url(entry: Mapping[str, str]) -> str:
+    """The URL to GET: a Hugging Face file is ``https://huggingface.co/REPO/resolve/REV/FILE``."""
+    if "url" in entry:
+        return entry["url"]
+    return (
+        f"https://huggingface.co/{entry['hf_repo']}/resolve/"
+        f"{quote(entry['revision'], safe='')}/{quote(entry['hf_file'])}"
+    )
+
+
 def _public(entry: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in entry.items() if k in ("folder", "name", "url", "hf_repo", "hf_file")}
+    keys = ("folder", "name", "url", "hf_repo", "hf_file", "sha256")
+    return {k: v for k, v in entry.items() if k in keys}
 
 
-def _fetch_url(url: str, dest: Path, *, token: str | None, timeout_s: float) -> None:
-    host = urlparse(url).hostname or ""
-    headers = {}
-    if token and (host in _HF_HOSTS or host.endswith(".huggingface.co")):
-        headers["authorization"] = f"Bearer {token}"
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+def _is_hf_host(host: str) -> bool:
+    return host in _HF_HOSTS or host.endswith(".huggingface.co") or host.endswith(".hf.co")
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch_url(
+    url: str, dest: Path, *, token: str | None, timeout_s: float, sha256: str | None = None
+) -> None:
+    """GET ``url`` into ``dest`` whole: a ``.part`` file resumed with Range, checked, renamed.
+
+    Redirects are followed here, one hop at a time, so the token is only ever sent to a Hugging
+    Face host (its CDN hosts on other domains never see it).  The ``.part`` file keeps its name
+    between attempts, so a download cut by a container's timeout continues where it stopped.
+    """
+    part = dest.with_name(f".{dest.name}.part")
+    timeout = httpx.Timeout(timeout_s, connect=defaults.CONNECT_TIMEOUT_S)
     try:
-        timeout = httpx.Timeout(timeout_s, connect=defaults.CONNECT_TIMEOUT_S)
-        with (
-            os.fdopen(fd, "wb") as out,
-            httpx.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as r,
-        ):
-            if r.status_code != 200:
-                raise ConfigError(f"GET {url} answered HTTP {r.status_code}")
-            for chunk in r.iter_bytes(_CHUNK):
-                out.write(chunk)
-        os.replace(tmp, dest)
+        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            current = url
+            for _ in range(_MAX_REDIRECTS + 1):
+                headers = {}
+                host = urlparse(current).hostname or ""
+                if token and _is_hf_host(host):
+                    headers["authorization"] = f"Bearer {token}"
+                have = part.stat().st_size if part.is_file() else 0
+                if have:
+                    headers["range"] = f"bytes={have}-"
+                with client.stream("GET", current, headers=headers) as r:
+                    if r.is_redirect and "location" in r.headers:
+                        current = str(r.url.join(r.headers["location"]))
+                        continue
+                    if r.status_code == 416 and have:  # the part is already whole
+                        break
+                    if r.status_code not in (200, 206):
+                        raise ConfigError(f"GET {_shown(url)} answered HTTP {r.status_code}")
+                    mode = "ab" if r.status_code == 206 and have else "wb"
+                    with part.open(mode) as out:
+                        for chunk in r.iter_bytes(_CHUNK):
+                            out.write(chunk)
+                break
+            else:
+                raise ConfigError(f"GET {_shown(url)}: more than {_MAX_REDIRECTS} redirects")
     except httpx.HTTPError as exc:
-        raise ConfigError(f"GET {url} failed: {type(exc).__name__}: {exc}") from None
-    finally:
+        # The .part stays: the next attempt resumes it.
+        raise ConfigError(f"GET {_shown(url)} failed: {type(exc).__name__}: {exc}") from None
+    except ConfigError:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            part.unlink()
+        raise
+    if sha256 is not None:
+        got = _sha256_file(part)
+        if got != sha256:
+            with contextlib.suppress(OSError):
+                part.unlink()
+            raise ConfigError(
+                f"{dest.name}: sha256 is {got}, not {sha256}: nothing written",
+                hint="check the --sha256 value and the URL",
+            )
+    os.replace(part, dest)
 
 
-def _fetch_hf(entry: Mapping[str, str], dest: Path, *, token: str | None) -> None:
-    from huggingface_hub import hf_hub_download  # type: ignore[import-not-found]  # image only
-
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".hf-") as tmp:
-        path = hf_hub_download(
-            repo_id=entry["hf_repo"],
-            filename=entry["hf_file"],
-            revision=entry["revision"],
-            token=token,
-            local_dir=tmp,
-        )
-        shutil.move(path, dest)
+def _shown(url: str) -> str:
+    """A URL without its query (signed CDN URLs carry credentials there)."""
+    parsed = urlparse(url)
+    return parsed._replace(query="", fragment="").geturl()
 
 
-__all__ = ["VOLUME_FOLDERS", "download_all", "plan"]
+def parse_source(source: str) -> dict[str, str]:
+    """``hf://OWNER/REPO/PATH[@REV]`` or an https URL -> the url / hf_repo+hf_file item keys."""
+    if source.startswith("hf://"):
+        rest = source[len("hf://") :]
+        rest, _, revision = rest.partition("@")
+        parts = rest.split("/", 2)
+        if len(parts) < 3 or not all(parts):
+            raise ConfigError(
+                f"{source!r} is not hf://OWNER/REPO/FILE",
+                hint="e.g. hf://org/model/model.safetensors",
+            )
+        out = {"hf_repo": f"{parts[0]}/{parts[1]}", "hf_file": parts[2]}
+        if revision:
+            out["revision"] = revision
+        return out
+    return {"url": source}
+
+
+__all__ = ["VOLUME_FOLDERS", "download_all", "parse_source", "plan", "source_url"]

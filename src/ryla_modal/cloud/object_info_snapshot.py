@@ -5,6 +5,10 @@ in the image, so it uses the standard library only.  The gateway reads the saved
 a broken workflow in milliseconds instead of after a GPU cold start.  Any failure exits 1 with the
 tail of ComfyUI's log, which fails the image build: an image without the file is never deployed.
 
+A custom node that fails to import is such a failure too: ComfyUI only logs it ("Cannot import
+… module for custom nodes: ERROR", then "(IMPORT FAILED): PATH" in its import-times list) and
+serves without the node, so the build checks the log and names each node and its error.
+
     python object_info_snapshot.py --out /opt/ryla/object_info.json --cwd ComfyUI \\
         -- python main.py --cpu
 """
@@ -15,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,6 +36,21 @@ _PROBE_TIMEOUT_S = 2.0
 _FETCH_TIMEOUT_S = 120.0
 _STOP_GRACE_S = 10.0
 _LOG_TAIL_BYTES = 8192
+_LOG_SCAN_BYTES = 4 * 1024 * 1024  # import lines come first; a huge log is cut, not read whole
+_IMPORT_FAILED_RE = re.compile(r"\(IMPORT FAILED\):\s*(\S.*?)\s*$", re.MULTILINE)
+_CANNOT_IMPORT_RE = re.compile(
+    r"Cannot import (\S.*?) module for custom nodes: (.*?)\s*$", re.MULTILINE
+)
+
+
+def import_failures(log_text: str) -> list[tuple[str, str]]:
+    """``[(node folder name, its error)]`` from ComfyUI's start-up log (ComfyUI 0.3.x wording)."""
+    errors = {path: error for path, error in _CANNOT_IMPORT_RE.findall(log_text)}
+    out: list[tuple[str, str]] = []
+    for path in _IMPORT_FAILED_RE.findall(log_text):
+        name = os.path.basename(path.rstrip("/")) or path
+        out.append((name, errors.get(path, "see the log above")))
+    return out
 
 
 def _free_port() -> int:
@@ -82,6 +102,10 @@ def _snapshot(
         info = json.loads(body)
         if not isinstance(info, dict) or not info:
             raise RuntimeError("GET /object_info did not return a non-empty JSON object")
+        failed = import_failures(_head(log))
+        if failed:
+            listed = "; ".join(f"{name}: {error}" for name, error in failed)
+            raise RuntimeError(f"custom nodes failed to import: {listed}")
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         tmp = f"{out}.tmp"
         with open(tmp, "wb") as fh:
@@ -105,6 +129,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 return
+
+
+def _head(fh: IO[bytes]) -> str:
+    fh.flush()
+    fh.seek(0)
+    return bytes(fh.read(_LOG_SCAN_BYTES)).decode("utf-8", "replace")
 
 
 def _tail(fh: IO[bytes]) -> str:

@@ -72,6 +72,11 @@ _TRANSIENT_MARKERS = (
     "504",
 )
 
+#: the packaged Modal app: what `ryla deploy` deploys without a file (`modal deploy -m ...`)
+PACKAGED_APP_MODULE = "ryla_modal.cloud.app"
+#: the environment variable that carries a call's JSON to ``ryla_modal.cloud.remote``
+CALL_ENV = "RYLA_REMOTE_CALL"
+
 # `modal deploy` output (modal 1.6, _output/status.py and runner.py).
 _URL_RE = re.compile(r"https?://[^\s\]\)\"'<>]+")
 _CREATED_RE = re.compile(r"Created (?:web function|\w+) (\S+?)\.?$", re.IGNORECASE)
@@ -359,34 +364,49 @@ class ModalCLI:
 
     def deploy(
         self,
-        app_file: str | os.PathLike[str],
+        app_file: str | os.PathLike[str] | None = None,
         *,
+        module: str | None = None,
         name: str | None = None,
         environment: str | None = None,
         timeout: float = defaults.MODAL_DEPLOY_TIMEOUT_S,
         on_line: LineCallback | None = None,
         cwd: str | os.PathLike[str] | None = None,
     ) -> DeployResult:
-        """``modal deploy APP_FILE``, streaming its output; returns the web endpoint URLs.
+        """``modal deploy APP_FILE`` (or ``-m MODULE``), streaming its output; returns the URLs.
 
-        A relative ``app_file`` is read from ``cwd`` (where modal runs), else from ours.
+        With neither, the packaged app (``ryla_modal.cloud.app``) is deployed: it is importable
+        wherever ryla is installed, so this works from any folder.  A relative ``app_file`` is
+        read from ``cwd`` (where modal runs, and where ``ryla.toml`` is read), else from ours.
         """
-        path = Path(app_file)
-        if cwd is not None and not path.is_absolute():
-            path = Path(cwd) / path
-        if not path.is_file():
-            raise ConfigError(
-                f"no Modal app file at {path}",
-                hint="pass the path of the app file, e.g. `ryla deploy modal_apps/comfyui_app.py`",
-            )
-        args = ["deploy", str(path), *_opt("--name", name), *_opt("--env", environment)]
+        if app_file is not None and module is not None:
+            raise ValueError("give app_file or module, not both")
+        if app_file is None:
+            target = module or PACKAGED_APP_MODULE
+            if importlib.util.find_spec(target.split(".", 1)[0]) is None:
+                raise ConfigError(f"no Python module {target!r} is importable here")
+            args = ["deploy", "-m", target]
+            what = f"deploying {target}"
+        else:
+            path = Path(app_file)
+            if cwd is not None and not path.is_absolute():
+                path = Path(cwd) / path
+            if not path.is_file():
+                raise ConfigError(
+                    f"no Modal app file at {path}",
+                    hint="run `ryla deploy` without a file to deploy the packaged app, or"
+                    " `ryla init --app` to write one to customize",
+                )
+            args = ["deploy", str(path)]
+            what = f"deploying {path}"
+        args += [*_opt("--name", name), *_opt("--env", environment)]
         # Deploying twice is harmless (same name, same app), but a deploy that already printed
         # build output is not retried: classify() only calls silent failures transient.
         result = self._checked(
             args,
             budget=timeout,
             attempt_timeout=timeout,  # a slow image build must not be cut into attempts
-            what=f"deploying {path}",
+            what=what,
             on_line=on_line,
             cwd=cwd,
         )
@@ -398,6 +418,89 @@ class ModalCLI:
             duration_s=result.duration_s,
             lines=[text for _, text in result.lines],
         )
+
+    def history(
+        self,
+        app: str,
+        *,
+        environment: str | None = None,
+        timeout: float = defaults.MODAL_COMMAND_TIMEOUT_S,
+    ) -> list[dict[str, Any]]:
+        """``modal app history APP --json``: one row per deployment, newest first.
+
+        Each row has ``version`` (an int) besides modal's own columns.
+        """
+        args = ["app", "history", app, "--json", *_opt("--env", environment)]
+        result = self._checked(args, budget=timeout, what=f"reading the history of {app!r}")
+        try:
+            rows = json.loads(result.stdout) if result.stdout.strip() else []
+        except json.JSONDecodeError as exc:
+            raise ModalCLIError(f"`modal app history --json` printed no JSON: {exc}") from exc
+        out: list[dict[str, Any]] = []
+        for row in rows if isinstance(rows, list) else []:
+            if isinstance(row, dict):
+                version = str(row.get("version") or row.get("Version") or "").lstrip("v")
+                out.append({**row, "version": int(version) if version.isdigit() else None})
+        return out
+
+    def call(
+        self,
+        op: str,
+        payload: Mapping[str, Any],
+        *,
+        timeout: float = defaults.MODAL_COMMAND_TIMEOUT_S,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> Any:
+        """Run ``ryla_modal.cloud.remote`` OP in a child Python under a hard deadline.
+
+        The modal package's own calls (``update_autoscaler``, ``Function.remote``, lookups) have
+        no total deadline, so they run in a child process that is killed, with its group, when
+        ``timeout`` passes.  One attempt: these calls are not retried (a ``remote()`` may have
+        started work).  The payload travels in the environment, never in argv.
+        """
+        check_token(self._env)
+        env = _child_env(self._env)
+        env[CALL_ENV] = json.dumps({"op": op, **payload})
+        argv = [sys.executable, "-m", "ryla_modal.cloud.remote"]
+        try:
+            result = run_command(
+                argv,
+                timeout=timeout,
+                env=env,
+                cwd=cwd,
+                kill_grace=self.kill_grace,
+                on_start=self.on_start,
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot run {sys.executable}: {exc}") from exc
+        if result.interrupted:
+            raise KeyboardInterrupt
+        if result.timed_out:
+            raise CommandTimeout(
+                f"{op} did not finish within {timeout:g}s",
+                hint="check the network, or run again with a longer --timeout",
+            )
+        answer = _last_json(result.stdout_lines)
+        if answer is None:
+            raise ModalCLIError(
+                f"{op} failed: {error_line(result)}",
+                argv=list(argv),
+                exit_code=result.exit_code,
+                stderr_tail=_scrub(result.stderr_tail, [self._env.get("MODAL_TOKEN_SECRET", "")]),
+            )
+        if answer.get("ok"):
+            return answer.get("result")
+        error = answer.get("error") or {}
+        kind, message = str(error.get("type", "")), str(error.get("message", ""))
+        if kind == "ConfigError":
+            raise ConfigError(message, hint=error.get("hint"))
+        if kind == "AuthError":
+            raise AuthError(f"Modal refused the token: {message}", hint=_TOKEN_HINT)
+        if kind == "NotFoundError":
+            raise ModalCLIError(
+                message, hint="deploy the app with `ryla deploy`, or check the app name"
+            )
+        raise ModalCLIError(f"{op} failed: {kind}: {message}")
 
     # --- running -------------------------------------------------------------------------------
 
@@ -661,6 +764,18 @@ def _child_env(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def _last_json(lines: Sequence[str]) -> dict[str, Any] | None:
+    for line in reversed(lines):
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return None
+
+
 def _tail(result: CommandResult, n: int = 3) -> str:
     return " | ".join(text for _, text in list(result.lines)[-n:])
 
@@ -688,11 +803,12 @@ def stop(app: str, **kwargs: Any) -> StopResult:
     return ModalCLI().stop(app, **kwargs)
 
 
-def deploy(app_file: str | os.PathLike[str], **kwargs: Any) -> DeployResult:
+def deploy(app_file: str | os.PathLike[str] | None = None, **kwargs: Any) -> DeployResult:
     return ModalCLI().deploy(app_file, **kwargs)
 
 
 __all__ = [
+    "PACKAGED_APP_MODULE",
     "AppInfo",
     "DeployResult",
     "LogsResult",

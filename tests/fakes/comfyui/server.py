@@ -486,6 +486,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     p.add_argument("--fault-after-node", type=int, default=1, metavar="N")
     p.add_argument("--step-seconds", type=float, default=0.1, help="RylaSlowSteps default")
     p.add_argument("--node-seconds", type=float, default=0.0, help="sleep in every node run")
+    p.add_argument(
+        "--import-failed",
+        action="append",
+        default=[],
+        metavar="NODE=ERROR",
+        help="log that custom node NODE failed to import, as ComfyUI does (repeatable)",
+    )
     return p.parse_known_args(argv)
 
 
@@ -533,7 +540,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         log(f"stand-in: ignoring ComfyUI flags {' '.join(ignored)}")
     folders = make_folders(args)
     log("Device: cpu (stand-in: model-free nodes only)")
-    log("\nImport times for custom nodes:\n   0.0 seconds: ryla_stand_in (RylaSlowSteps)\n")
+    failed = [item.partition("=") for item in args.import_failed]
+    for name, _, error in failed:
+        path = f"/stand-in/custom_nodes/{name}"
+        log("Traceback (most recent call last):")
+        log(f'  File "{path}/__init__.py", line 1, in <module>')
+        log(f"ModuleNotFoundError: {error}")
+        log(f"Cannot import {path} module for custom nodes: {error}")
+    times = "".join(
+        f"   0.0 seconds (IMPORT FAILED): /stand-in/custom_nodes/{n}\n" for n, _, _ in failed
+    )
+    log(f"\nImport times for custom nodes:\n{times}   0.0 seconds: ryla_stand_in (RylaSlowSteps)\n")
     if args.never_ready:
         log("stand-in: --never-ready, so this server never listens")
         while True:
