@@ -11,6 +11,7 @@ from __future__ import annotations
 from ryla_modal.cloud.app import (
     ComfyWorker,
     app,
+    check_workflows,
     container_env,
     download_models,
     gateway,
@@ -24,6 +25,7 @@ from ryla_modal.cloud.app import (
 __all__ = [
     "ComfyWorker",
     "app",
+    "check_workflows",
     "container_env",
     "download_models",
     "gateway",

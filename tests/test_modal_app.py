@@ -113,7 +113,12 @@ def test_deploy_declares_gpu_volumes_secrets_scaling_and_proxy_auth(
     result = deploy(fake, tmp_path, **RYLA_ENV)
 
     record = fake.deployed["ryla-deploy-test"]
-    assert set(record["functions"]) == {"ComfyWorker.*", "gateway", "download_models"}
+    assert set(record["functions"]) == {
+        "ComfyWorker.*",
+        "gateway",
+        "download_models",
+        "check_workflows",
+    }
     assert record["publish"].name == "ryla-deploy-test"
     assert set(record["publish"].class_ids) == {"ComfyWorker"}
     (class_req,) = record["classes"]
@@ -304,8 +309,10 @@ def local_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[An
     monkeypatch.setattr(modal.Dict, "from_name", staticmethod(lambda *a, **k: jobs))
     import modal_apps.comfyui_app as comfyui_app
 
+    import ryla_modal.cloud.app as packaged
+
     volume = _Volume()
-    monkeypatch.setattr(comfyui_app, "outputs", volume)
+    monkeypatch.setattr(packaged, "outputs", volume)  # ComfyWorker's module: where it looks
     worker = comfyui_app.ComfyWorker()
     worker.jobs, worker.volume = jobs, volume  # type: ignore[attr-defined]
     try:

@@ -182,6 +182,9 @@ class _Core:
     def object_info(self) -> _Request:
         return _Request("GET", "/object_info")
 
+    def models(self) -> _Request:
+        return _Request("GET", "/models")
+
     def warmup(self) -> _Request:
         return _Request("POST", "/warmup")
 
@@ -543,6 +546,11 @@ class RylaClient:
         """The deployment's ComfyUI node definitions (no GPU needed)."""
         return self._core.parse_object(self._send(self._core.object_info()))
 
+    def models(self) -> dict[str, list[str]]:
+        """The deployment's model files by folder (on Modal: the models Volume)."""
+        folders = self._core.parse_object(self._send(self._core.models())).get("folders")
+        return {str(k): [str(f) for f in v] for k, v in (folders or {}).items()}
+
     def validate(self, workflow: WorkflowLike) -> dict[str, Any]:
         """Check a workflow against the deployment's nodes and models without running it."""
         return self._core.parse_object(self._send(self._core.validate(_workflow_dict(workflow))))
@@ -801,6 +809,10 @@ class AsyncRylaClient:
 
     async def object_info(self) -> dict[str, Any]:
         return self._core.parse_object(await self._send(self._core.object_info()))
+
+    async def models(self) -> dict[str, list[str]]:
+        folders = self._core.parse_object(await self._send(self._core.models())).get("folders")
+        return {str(k): [str(f) for f in v] for k, v in (folders or {}).items()}
 
     async def validate(self, workflow: WorkflowLike) -> dict[str, Any]:
         req = self._core.validate(_workflow_dict(workflow))

@@ -54,9 +54,9 @@ MODAL_LOGS_KEEP_LINES = 10_000  # lines `logs()` keeps in its result (the callba
 MODAL_RETRIES = 2  # extra attempts for transient failures (connect errors, UNAVAILABLE)
 MODAL_RETRY_WAIT_MAX_S = 4.0  # cap of one backoff wait; the overall deadline caps them all
 MODAL_RETRY_WAIT_MULTIPLIER_S = 0.5
-DEFAULT_APP_FILE = "modal_apps/comfyui_app.py"  # what `ryla deploy` deploys without an argument
+PACKAGED_APP_MODULE = "ryla_modal.cloud.app"  # what `ryla deploy` deploys without an argument
 
-# --- the Modal app (modal_apps/comfyui_app.py; each has a RYLA_* variable, see cloud/settings) ---
+# --- the Modal app (ryla_modal.cloud.app; each has a RYLA_* variable, see cloud/settings) ---
 MODAL_GPU = "L40S"
 COMFYUI_REPO = "https://github.com/Comfy-Org/ComfyUI.git"
 COMFYUI_COMMIT = "a125cd84b054a57729b5eecab930ca9408719832"  # ComfyUI 0.3.64

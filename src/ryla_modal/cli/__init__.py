@@ -22,13 +22,17 @@ from ryla_modal.cli._errors import run_app
 COMMANDS: dict[str, str] = {
     "apps": "ryla_modal.cli.modal_cmds:apps_cmd",
     "deploy": "ryla_modal.cli.modal_cmds:deploy_cmd",
+    "doctor": "ryla_modal.cli.doctor_cmd:app",
     "generate": "ryla_modal.cli.generate_cmd:generate_cmd",
     "health": "ryla_modal.cli.jobs_cmd:health_cmd",
+    "init": "ryla_modal.cli.init_cmd:app",
     "jobs": "ryla_modal.cli.jobs_cmd:jobs_app",
     "logs": "ryla_modal.cli.modal_cmds:logs_cmd",
+    "models": "ryla_modal.cli.models_cmd:app",
     "serve": "ryla_modal.cli.serve_cmd:serve_cmd",
     "stop": "ryla_modal.cli.modal_cmds:stop_cmd",
     "validate": "ryla_modal.cli.jobs_cmd:validate_cmd",
+    "warm": "ryla_modal.cli.warm_cmd:app",
 }
 
 ROOT_HELP = """Run ComfyUI workflows on Modal GPUs: deploy the worker, generate images and videos,
@@ -57,8 +61,46 @@ class _LazyGroup(click.Group):
             return None
         module, _, attr = target.partition(":")
         command = getattr(importlib.import_module(module), attr)
-        assert isinstance(command, click.Command), target
+        if not isinstance(command, click.Command):  # a typer app (init, doctor, models, warm)
+            return _typer_bridge(cmd_name, command)
         return command
+
+
+def _typer_bridge(name: str, typer_app: object) -> click.Command:
+    """A click command that hands its arguments to a typer app.
+
+    typer 0.29 carries its own copy of click, so its commands cannot sit in this click group
+    directly; this bridge lasts until the whole CLI is on typer.
+    """
+    import typer
+    import typer.main
+    from typer._click import exceptions as typer_click  # typer's own click
+
+    command = typer.main.get_command(typer_app)  # type: ignore[arg-type]
+
+    @click.command(
+        name,
+        help=command.help,
+        short_help=(command.help or "").split(". ")[0].split(":")[0],
+        add_help_option=False,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
+    @click.pass_context
+    def bridge(ctx: click.Context) -> int:
+        try:
+            result = command.main(
+                args=list(ctx.args), prog_name=f"ryla {name}", standalone_mode=False
+            )
+        except typer.Exit as exc:
+            return int(exc.exit_code)
+        except typer.Abort:
+            raise click.Abort() from None
+        except typer_click.ClickException as exc:
+            exc.show(file=sys.stderr)
+            return int(exc.exit_code)
+        return result if isinstance(result, int) else 0
+
+    return bridge
 
 
 @click.group(

@@ -89,18 +89,24 @@ stopped succeeds with a note.
 
 STOP_EXAMPLES = examples("ryla stop ryla-comfyui", "ryla stop ryla-comfyui --yes")
 
-DEPLOY_HELP = f"""Deploy the Modal app and record its endpoint for `ryla generate`.
+DEPLOY_HELP = """Deploy the Modal app and record its endpoint for `ryla generate`.
+
+Without APP_FILE, deploys the app packaged with ryla (`modal deploy -m ryla_modal.cloud.app`),
+from any folder; APP_FILE deploys your own app file (`ryla init --app` writes one).  Settings
+come from ./ryla.toml's [deploy] table and RYLA_* variables, all checked before modal runs.
 
 Streams the build output (stderr) and prints each web endpoint as `NAME URL` (stdout) at the
 end.  The endpoint is saved in the user config ($RYLA_CONFIG_DIR/config.toml, else
-~/.config/ryla/config.toml), so later commands find it without RYLA_ENDPOINT.
-
-APP_FILE defaults to {defaults.DEFAULT_APP_FILE}.
+~/.config/ryla/config.toml), so later commands find it without RYLA_ENDPOINT.  Then the models
+listed in [deploy] are fetched into the models volume, and each --check workflow is checked
+against the new image's nodes and the volume's models (by the app's check_workflows function):
+a missing node or model fails the command (exit 3), naming it.
 """
 
 DEPLOY_EXAMPLES = examples(
     "ryla deploy",
-    "ryla deploy modal_apps/comfyui_app.py --name ryla-comfyui --env dev",
+    "ryla deploy --check examples/workflows/sd15_txt2img.json",
+    "ryla deploy my_app.py --name ryla-comfyui --env dev",
     "ryla deploy --json",
 )
 
@@ -331,31 +337,58 @@ def stop_cmd(app_name: str, yes: bool, environment: str | None, timeout: float) 
 
 
 @click.command("deploy", help=DEPLOY_HELP, epilog=DEPLOY_EXAMPLES)
-@click.argument("app_file", metavar="[APP_FILE]", default=defaults.DEFAULT_APP_FILE)
+@click.argument("app_file", metavar="[APP_FILE]", required=False)
 @click.option("--name", metavar="NAME", help="Deployment name (default: the app's).")
+@click.option(
+    "--check",
+    "check",
+    metavar="WF.json",
+    multiple=True,
+    help="After the deploy, check this workflow's nodes and models (repeatable).",
+)
 @_env_option
 @_timeout_option(defaults.MODAL_DEPLOY_TIMEOUT_S, minimum=1)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout at the end.")
 @_interruptible
 def deploy_cmd(
-    app_file: str, name: str | None, environment: str | None, timeout: float, as_json: bool
+    app_file: str | None,
+    name: str | None,
+    check: tuple[str, ...],
+    environment: str | None,
+    timeout: float,
+    as_json: bool,
 ) -> int:
+    from ryla_modal.cloud.deployment import deploy_app
     from ryla_modal.config import record_deployment
-    from ryla_modal.deploy.modal_cli import ModalCLI
 
     def on_line(stream: str, line: str) -> None:
         sys.stderr.write(line + "\n")  # build output is for people: stdout is kept for the URLs
         sys.stderr.flush()
 
-    result = ModalCLI().deploy(
-        app_file, name=name, environment=environment, timeout=_budget(timeout), on_line=on_line
+    def record(
+        app: str | None, endpoint: str | None, urls: dict[str, str], page: str | None
+    ) -> Any:
+        if not app:
+            return None
+        return record_deployment(app, endpoint, urls, app_page_url=page)
+
+    outcome = deploy_app(
+        app_file,
+        check=check,
+        name=name,
+        environment=environment,
+        timeout=_budget(timeout),
+        on_line=on_line,
+        on_deployed=lambda r: record(r.app, r.endpoint_url, r.urls, r.app_page_url),
     )
-    config_path = None
-    if result.app:
-        config_path = record_deployment(
-            result.app, result.endpoint_url, result.urls, app_page_url=result.app_page_url
-        )
-    else:
+    result = outcome.result
+    for model in outcome.models:
+        state = "already there" if model.get("skipped") else "added"
+        _note(f"model {model['folder']}/{model['name']}: {state}")
+    for verdict in outcome.checks:
+        _note(f"checked {verdict['name']}: every node and model is there")
+    config_path = outcome.recorded
+    if not result.app:
         _note("could not tell the deployed app's name from modal's output: nothing recorded")
     if as_json:
         _print_json(
@@ -365,6 +398,8 @@ def deploy_cmd(
                 "urls": result.urls,
                 "app_page_url": result.app_page_url,
                 "config_path": str(config_path) if config_path else None,
+                "models": outcome.models,
+                "checks": outcome.checks,
             }
         )
         return 0

@@ -67,6 +67,22 @@ def download_models(items: list[dict[str, Any]], on_clash: str = "skip") -> list
         models.commit()  # whole files only: a cut transfer left a hidden .part to resume
 
 
+@app.function(
+    image=image,
+    cpu=1.0,
+    memory=1024,
+    volumes={paths.MODELS_DIR: models},
+    env=container_env,
+    timeout=120,
+)
+def check_workflows(workflows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """``ryla deploy --check``: workflows against the baked object_info and the models volume."""
+    from ryla_modal.cloud.checks import check_workflows as check
+
+    models.reload()
+    return check(workflows, paths.OBJECT_INFO_PATH, paths.MODELS_DIR)
+
+
 @app.cls(
     image=image,
     gpu=settings.gpu,

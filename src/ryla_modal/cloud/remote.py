@@ -10,6 +10,7 @@ Operations:
 - ``autoscale`` ``{app, cls, min_containers?, buffer_containers?, scaledown_window?, env?}``:
   ``Cls.from_name(app, cls)().update_autoscaler(...)``; answers the settings now in force.
 - ``download`` ``{app, items, on_clash, env?}``: the app's ``download_models`` function, remotely.
+- ``check`` ``{app, workflows: {name: workflow}, env?}``: the app's ``check_workflows``.
 - ``lookup`` ``{secrets, volumes, env?}``: which of the named Secrets and Volumes exist (looked
   up, never created).
 """
@@ -48,6 +49,15 @@ def download(call: Mapping[str, Any]) -> Any:
     return function.remote(list(call["items"]), str(call.get("on_clash", "skip")))
 
 
+def check(call: Mapping[str, Any]) -> Any:
+    import modal
+
+    function = modal.Function.from_name(
+        str(call["app"]), "check_workflows", environment_name=call.get("env")
+    )
+    return function.remote(dict(call["workflows"]))
+
+
 def lookup(call: Mapping[str, Any]) -> dict[str, dict[str, bool]]:
     import modal
     from modal.exception import NotFoundError
@@ -65,7 +75,7 @@ def lookup(call: Mapping[str, Any]) -> dict[str, dict[str, bool]]:
     return found
 
 
-OPS = {"autoscale": autoscale, "download": download, "lookup": lookup}
+OPS = {"autoscale": autoscale, "check": check, "download": download, "lookup": lookup}
 
 
 def main() -> int:

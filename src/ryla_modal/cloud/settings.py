@@ -71,6 +71,7 @@ IMAGE_PACKAGES: tuple[str, ...] = (
     "uvicorn>=0.30",
     "rich>=13",
     "click>=8.1,<9",
+    "typer>=0.16,<0.30",
     "huggingface_hub>=0.24",
 )
 

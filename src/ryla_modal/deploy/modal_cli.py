@@ -73,7 +73,7 @@ _TRANSIENT_MARKERS = (
 )
 
 #: the packaged Modal app: what `ryla deploy` deploys without a file (`modal deploy -m ...`)
-PACKAGED_APP_MODULE = "ryla_modal.cloud.app"
+PACKAGED_APP_MODULE = defaults.PACKAGED_APP_MODULE
 #: the environment variable that carries a call's JSON to ``ryla_modal.cloud.remote``
 CALL_ENV = "RYLA_REMOTE_CALL"
 
@@ -277,6 +277,11 @@ class ModalCLI:
         self.on_start = on_start
         self.retry_wait_multiplier = retry_wait_multiplier
         self.retry_wait_max = retry_wait_max
+
+    @property
+    def environ(self) -> dict[str, str]:
+        """A copy of the environment ``modal`` runs with."""
+        return dict(self._env)
 
     # --- commands ------------------------------------------------------------------------------
 

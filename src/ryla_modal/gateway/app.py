@@ -502,6 +502,14 @@ def create_app(
         record = await api.current(job_id)
         return await run_in_threadpool(executor.logs, record)
 
+    @app.get("/models", responses={401: _ERRORS[401]})
+    async def models_route() -> JSONResponse:
+        """The model files this deployment can load, by folder (``ryla models list``): on Modal
+        the models Volume; ``{}`` where the server was given no model list."""
+        files = api.extra_models
+        listed = await run_in_threadpool(lambda: {k: list(v) for k, v in (files or {}).items()})
+        return JSONResponse({"folders": listed})
+
     return app
 
 
