@@ -188,6 +188,24 @@ def test_ryla_deploy_from_an_empty_folder_defines_the_class_with_ryla_toml(
     assert config["app"] == "warm-test"
 
 
+def test_ryla_deploy_file_deploys_the_users_own_copy(
+    fake: FakeModalControl, tmp_path: Path, folder: Path
+) -> None:
+    env = cli_env(fake, tmp_path)
+    assert ryla(["init", "--app"], cwd=folder, env=env).returncode == 0
+    app_file = folder / "comfyui_app.py"
+    app_file.write_text(
+        app_file.read_text().replace("cpu=1.0,\n    memory=1024,", "cpu=2.0,\n    memory=2048,", 1)
+    )
+    proc = ryla(["deploy", "comfyui_app.py"], cwd=folder, env=env)
+    assert proc.returncode == 0, proc.stderr
+    record = fake.deployed[defaults.DEFAULT_APP_NAME]
+    checker = function_definition(record["functions"]["check_workflows"])
+    assert checker.resources.milli_cpu == 2000 and checker.resources.memory_mb == 2048
+    worker = function_definition(record["functions"]["ComfyWorker.*"])
+    assert worker.module_name == "comfyui_app"  # the user's file, not the packaged module
+
+
 def test_ryla_warm_changes_the_deployed_autoscaler_and_prints_the_cost(
     fake: FakeModalControl, tmp_path: Path, folder: Path
 ) -> None:
