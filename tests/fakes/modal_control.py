@@ -28,8 +28,17 @@ ImageGetOrCreate (already built), MountBatchedCheckExistence (every file exists)
 FunctionCreate, ClassCreate, AppPublish. What a deploy declared is kept in `deployed[app_name]`
 (`functions`: name -> FunctionCreateRequest, see `function_definition()`; `classes`; `publish`;
 `web_urls`; `object_names` maps the Volume/Secret ids in a request back to their names).
+`app history NAME --json`: AppGetByDeploymentName, AppDeploymentHistory (one version per
+AppPublish, kept in `deployed[name]["versions"]`).
+The modal package (run by `ryla_modal.cloud.remote`): `Cls.from_name(...)().update_autoscaler`
+asks ClassGet, FunctionGet (tag `Cls.*`), FunctionUpdateSchedulingParams (overrides kept in
+`autoscaler[function_id]`); `Function.from_name(...).remote(...)` asks FunctionGet, FunctionMap,
+FunctionGetOutputs, and the call runs `function_handlers[(app, tag)]` in a thread of the test
+process, its result or exception pickled back as Modal does; `Secret/Volume.from_name().hydrate()`
+asks Secret/VolumeGetOrCreate without CREATE_IF_MISSING.
 Switches: `missing_secrets` (SecretGetOrCreate answers NOT_FOUND, as Modal does for a Secret
-that does not exist), `image_build` ("cached"; "build" streams `image_build_logs` through
+that does not exist), `missing_volumes` (a lookup answers NOT_FOUND until a deploy creates it),
+`image_build` ("cached"; "build" streams `image_build_logs` through
 ImageJoinStreaming, which the CLI prints; "fail" ends the build with an exception).
 
 Modes, and what the real CLI (modal 1.6.4) did against each, measured on a 2-core machine:
