@@ -41,6 +41,8 @@ COMFY_DOWNLOAD_CHUNK_BYTES = 256 * 1024
 # --- workflows ---------------------------------------------------------------------------------
 WORKFLOW_MAX_BYTES = 32 * 1024 * 1024
 WORKFLOW_MAX_NODES = 5000
+#: nesting of a workflow's JSON (node > inputs > value > ...); real ones stay under 10
+WORKFLOW_MAX_DEPTH = 64
 
 # --- the modal CLI -------------------------------------------------------------------------------
 MODAL_LOGS_TIMEOUT_S = 30.0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import random
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -28,7 +29,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeAlias
 
-from ryla_modal.defaults import WORKFLOW_MAX_BYTES, WORKFLOW_MAX_NODES
+from ryla_modal.defaults import WORKFLOW_MAX_BYTES, WORKFLOW_MAX_DEPTH, WORKFLOW_MAX_NODES
 from ryla_modal.errors import WorkflowFormatError
 
 __all__ = [
@@ -233,10 +234,12 @@ def validate_structure(
 ) -> None:
     """Raise ``WorkflowFormatError`` unless ``graph`` is a well-formed API-format workflow.
 
-    Checks: an object of at most ``max_nodes`` nodes, not empty, not the UI format; every node is
-    an object with a non-empty string ``class_type`` and an ``inputs`` object; every list input is
-    a link ``[existing_node_id, output_index >= 0]`` (ComfyUI treats any list input as a link);
-    no dependency cycles.  Node types and values are ComfyUI's to judge.
+    Checks: an object of at most ``max_nodes`` nodes, not empty, not the UI format; every value
+    survives strict JSON and UTF-8 (no NaN or infinite number, no lone surrogate in a string or
+    key, nested at most ``WORKFLOW_MAX_DEPTH`` deep); every node is an object with a non-empty
+    string ``class_type`` and an ``inputs`` object; every list input is a link
+    ``[existing_node_id, output_index >= 0]`` (ComfyUI treats any list input as a link); no
+    dependency cycles.  Node types and values are ComfyUI's to judge.
     """
     _check_top_level(graph, source)
     if not graph:
@@ -250,9 +253,69 @@ def validate_structure(
             _whole(f"has {len(graph):,} nodes, more than the limit of {max_nodes:,}", source),
             source=source,
         )
+    _check_json_safe(graph, source)
     for node_id, node in graph.items():
         _check_node(graph, node_id, node, source)
     _check_cycles(graph, source)
+
+
+def _check_json_safe(graph: Mapping[Any, Any], source: str | None) -> None:
+    """Refuse what Python's ``json`` reads but strict JSON, UTF-8 and ComfyUI cannot carry.
+
+    ``json.loads`` takes ``NaN``, ``Infinity`` and ``1e400`` (as ``inf``) and ``"\\ud800"`` (a
+    lone surrogate); such a value passes every other check, then breaks the first strict encoder
+    on its way (the gateway's answer, a job store, ComfyUI's own JSON), far from its cause.  Walked
+    with an explicit stack: a deeply nested value must not exhaust Python's recursion.
+    """
+    stack: list[tuple[Any, tuple[str, ...]]] = [(graph, ())]
+    while stack:  # bounded: every value is visited once, at most WORKFLOW_MAX_DEPTH deep
+        value, path = stack.pop()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                _unsafe(
+                    f"the number {value!r} is not valid JSON (NaN or out of range)", path, source
+                )
+        elif isinstance(value, str):
+            if not _utf8_ok(value):
+                shown = _short(repr(value))
+                _unsafe(f"the string {shown} is not valid Unicode (a lone surrogate)", path, source)
+        elif isinstance(value, Mapping | list | tuple):
+            if len(path) >= WORKFLOW_MAX_DEPTH:
+                _unsafe(f"nested more than {WORKFLOW_MAX_DEPTH} levels deep", path, source)
+            if isinstance(value, Mapping):
+                for key, item in value.items():
+                    if isinstance(key, str) and not _utf8_ok(key):
+                        what = "node id" if not path else "key"
+                        shown = _short(repr(key))
+                        _unsafe(
+                            f"the {what} {shown} is not valid Unicode (a lone surrogate)",
+                            path,
+                            source,
+                        )
+                    stack.append((item, (*path, str(key))))
+            else:
+                stack.extend((item, (*path, f"[{i}]")) for i, item in enumerate(value))
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unsafe(message: str, path: Sequence[str], source: str | None) -> NoReturn:
+    """Name the node and input a bad value sits in; deeper places go into the message."""
+    node_id = path[0] if path else None
+    field = path[2] if len(path) >= 3 and path[1] == "inputs" else None
+    rest = path[3:] if field is not None else path[1:]
+    if rest:
+        where = "".join(p if p.startswith("[") else f".{p}" for p in rest).lstrip(".")
+        message = f"at {_short(repr(where))[1:-1]}: {message}"
+    if node_id is None:
+        raise WorkflowFormatError(_whole(message, source), source=source)
+    raise WorkflowFormatError(message, node_id=node_id, field=field, source=source)
 
 
 def _check_node(graph: Mapping[str, Any], node_id: Any, node: Any, source: str | None) -> None:
@@ -437,16 +500,33 @@ def parse_override(text: str, *, source: str | None = None) -> Override:
         raise WorkflowFormatError(
             "the input name after the '.' is empty", field=field, source=source
         )
-    return Override(target, input_name, _parse_value(raw), text)
+    try:
+        value = _parse_value(raw)
+    except _OutOfRange:
+        raise WorkflowFormatError(
+            f"the value {_short(raw.strip())} holds a number out of range for JSON",
+            field=field,
+            source=source,
+        ) from None
+    return Override(target, input_name, value, text)
+
+
+class _OutOfRange(Exception):
+    """A number that parses but does not survive JSON (``1e400`` becomes infinity)."""
 
 
 def _parse_value(raw: str) -> Any:
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except ValueError:  # JSONDecodeError too
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except ValueError:  # JSONDecodeError too; an int of more than 4300 digits as well
         return raw
     except RecursionError:
         return raw
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise _OutOfRange(raw) from None
+    return value
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -847,8 +927,10 @@ def _json_type(value: Any) -> str:
 def _brief(value: Any, limit: int = 80) -> str:
     try:
         text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         text = repr(value)
+    if not _utf8_ok(text):  # a lone surrogate: messages must stay printable
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return _short(text, limit)
 
 
