@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import math
+import ipaddress
 import os
-import re
 import tempfile
 import tomllib
 from collections.abc import Mapping
@@ -260,74 +259,73 @@ def resolve_client_settings(
     )
 
 
-# --- a minimal TOML writer ------------------------------------------------------------------------
-# Enough for a settings file: strings, booleans, numbers, datetimes, lists of those, and nested
-# tables.  Arrays of tables are not needed and are refused rather than written wrongly.
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+# --- writing TOML -------------------------------------------------------------------------------
+# tomli-w, a kept writer, instead of our own: a hand-written one did not quote a key holding a
+# control character ('0\n'), found by hypothesis.  We only add an error that names the key.
 
 
 def dumps_toml(data: Mapping[str, Any]) -> str:
-    lines: list[str] = []
-    _write_table(lines, (), data)
-    return "\n".join(lines).lstrip("\n") + "\n"
+    """``data`` as TOML text; ``ConfigError`` naming the key of a value TOML cannot hold."""
+    import tomli_w  # only `ryla deploy` writes config: keep it off everyone else's start-up
+
+    _check_toml_value(data, ())
+    try:
+        return tomli_w.dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot write the config as TOML: {exc}") from exc
 
 
-def _write_table(lines: list[str], prefix: tuple[str, ...], table: Mapping[str, Any]) -> None:
-    scalars = [(k, v) for k, v in table.items() if not isinstance(v, Mapping)]
-    tables = [(k, v) for k, v in table.items() if isinstance(v, Mapping)]
-    if prefix and (scalars or not tables):
-        lines.append("")
-        lines.append("[" + ".".join(_key(k) for k in prefix) + "]")
-    for key, value in scalars:
-        lines.append(f"{_key(key)} = {_value(value, (*prefix, key))}")
-    for key, value in tables:
-        _write_table(lines, (*prefix, key), value)
+def _check_toml_value(value: object, where: tuple[str, ...]) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigError(
+                    f"config key {key!r} in {'.'.join(where) or 'the top level'} is not a string"
+                )
+            _check_toml_value(item, (*where, key))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_toml_value(item, where)
+    elif not isinstance(value, str | int | float | _dt.datetime | _dt.date | _dt.time):
+        raise ConfigError(
+            f"cannot write config value {'.'.join(where)} of type {type(value).__name__}"
+        )
 
 
-def _key(key: object) -> str:
-    if not isinstance(key, str):
-        raise ConfigError(f"config key {key!r} is not a string")
-    return key if _BARE_KEY.match(key) else _string(key)
+# --- `ryla serve`'s token ----------------------------------------------------------------------
 
 
-def _value(value: object, where: tuple[str, ...]) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return _string(value)
-    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
-        return value.isoformat()
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_value(v, where) for v in value) + "]"
-    raise ConfigError(f"cannot write config value {'.'.join(where)} of type {type(value).__name__}")
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
-def _string(text: str) -> str:
-    out = ['"']
-    for ch in text:
-        code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\u{code:04X}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+def serve_token(token: str | None, host: str) -> str | None:
+    """The bearer token a local gateway on ``host`` requires, or None for none.
+
+    ``""`` means no token.  A token of only whitespace is refused rather than taken: no client
+    can send it back (HTTP strips the spaces of a header value), and letting it count as "a
+    token" would open a non-loopback address to anyone.  Without a token only a loopback
+    address may be served.
+    """
+    if token is None or token == "":
+        chosen = None
+    elif not token.strip():
+        raise ConfigError(
+            "the token is blank (only whitespace)",
+            hint="set RYLA_TOKEN to a real secret (openssl rand -hex 16), or unset it",
+        )
+    else:
+        chosen = token.strip()
+    if chosen is None and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {host} without a token: anyone who can reach it could run jobs",
+            hint="set RYLA_TOKEN (clients send it as 'Authorization: Bearer ...'), or listen on"
+            " 127.0.0.1",
+        )
+    return chosen

@@ -20,7 +20,8 @@ import click
 
 from ryla_modal import defaults
 from ryla_modal.cli._output import examples
-from ryla_modal.errors import EXIT_USAGE
+from ryla_modal.config import serve_token
+from ryla_modal.errors import EXIT_USAGE, ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ryla_modal.gateway.local import Listening
@@ -142,19 +143,15 @@ def serve_cmd(
             file=sys.stderr,
         )
         return EXIT_USAGE
-    from ryla_modal.gateway.local import ComfySource, is_loopback, serve_local
+    from ryla_modal.gateway.local import ComfySource, serve_local
 
-    token = token or None
-    if token is None and not is_loopback(host):
-        print(
-            f"error: refusing to listen on {host} without a token: anyone who can reach it could"
-            " run jobs\nhint: set RYLA_TOKEN (clients send it as 'Authorization: Bearer ...'),"
-            " or listen on 127.0.0.1",
-            file=sys.stderr,
-        )
+    try:
+        token = serve_token(token, host)
+    except ConfigError as exc:
+        print(f"error: {exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         return EXIT_USAGE
     _setup_logging()
-    if token is not None and os.environ.get("RYLA_TOKEN") != token:
+    if token is not None and (os.environ.get("RYLA_TOKEN") or "").strip() != token:
         log.warning("a token on the command line is visible to other users (ps); prefer RYLA_TOKEN")
 
     # Ctrl-C and SIGTERM both leave through the cleanup below, even when this process was

@@ -142,6 +142,8 @@ def create_modal_gateway(
         store,
         object_info=FileObjectInfo(object_info_path or Path(paths.OBJECT_INFO_PATH)),
         extra_models=VolumeModelFiles(Path(paths.MODELS_DIR), reload=models_volume.reload),
+        # Modal's proxy auth guards this gateway, and its Host is the *.modal.run name.
+        check_host=False,
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -108,12 +109,28 @@ def check_ready(
         raise ComfyUIUnavailable(f"{url} answered HTTP {resp.status_code}; is this ComfyUI?")
 
 
+#: Our own secrets by name: ``RYLA_TOKEN``, ``RYLA_MODAL_KEY``, ``RYLA_MODAL_SECRET``, and any
+#: later ``RYLA_*`` that holds a token, key, secret or password.
+_SECRET_NAME = re.compile(r"^RYLA_.*(TOKEN|SECRET|KEY|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+
+
+def child_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without our secrets, for ComfyUI's process.
+
+    ComfyUI runs third-party custom nodes in its own process; anything in its environment is
+    theirs to read.  The gateway's bearer token and Modal proxy credentials are ours alone.
+    What the caller passes as ``env`` is still added on top: that is a deliberate choice.
+    """
+    return {k: v for k, v in environ.items() if not _SECRET_NAME.match(k)}
+
+
 class ComfyProcess:
     """One ComfyUI server process: ``start()`` returns once it answers, ``stop()`` ends it.
 
     ``command`` is the program without the listen arguments (e.g. ``[python, "main.py"]``);
     ``--listen HOST --port PORT`` and then ``extra_args`` are appended.  ``env`` is added on top
-    of the current environment.  Output (stdout and stderr) goes to ``log_path``, or to a temp
+    of the current environment, from which our own secrets (``RYLA_TOKEN`` & co., see
+    ``child_environ``) are removed.  Output (stdout and stderr) goes to ``log_path``, or to a temp
     file that is kept after stop so the log can still be read.
     """
 
@@ -245,7 +262,7 @@ class ComfyProcess:
                 f"port {self.port} on {self.host} is already in use; ComfyUI cannot listen there",
                 hint="stop whatever listens there, or leave the port unset to pick a free one",
             )
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._extra_env}
+        env = {**child_environ(os.environ), "PYTHONUNBUFFERED": "1", **self._extra_env}
         self._log_fh = self.log_path.open("wb")
         try:
             self._proc = subprocess.Popen(

@@ -22,7 +22,9 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ryla_modal import __version__, defaults
 from ryla_modal.comfy.runner import InputFile
-from ryla_modal.errors import WorkflowFormatError
+from ryla_modal.errors import ConfigError, WorkflowFormatError
 from ryla_modal.gateway.executors import Executor, finish
 from ryla_modal.gateway.object_info import ObjectInfoSource
 from ryla_modal.gateway.schemas import (
@@ -69,6 +71,9 @@ log = logging.getLogger("ryla_modal.gateway")
 
 _CHUNK = 256 * 1024
 _ERROR_LIST_MAX = 20  # validation errors listed in one answer
+_PRINTABLE_DEPTH = 32  # error bodies are shallow; deeper parts are cut
+#: Host names that only ever mean this machine: a browser never asks DNS for them.
+_LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 @dataclass(frozen=True)
@@ -103,29 +108,81 @@ class ApiError(Exception):
         self.headers = dict(http_headers or {})
 
 
+class SafeJSONResponse(JSONResponse):
+    """A JSON answer that renders even when a value is not strict JSON.
+
+    Starlette refuses NaN and infinity and cannot encode a lone surrogate; either would turn an
+    error answer (which may name what the client sent) into a 500.  The edge refuses such values
+    in workflows; this is the net under every other answer.
+    """
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except (ValueError, UnicodeEncodeError, RecursionError):
+            return super().render(_printable(content))
+
+
+def _printable(value: Any, depth: int = 0) -> Any:
+    """``value`` with lone surrogates escaped and non-finite numbers as text (bounded depth)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if depth >= _PRINTABLE_DEPTH:
+        return "..."
+    if isinstance(value, Mapping):
+        return {_printable(str(k)): _printable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(v, depth + 1) for v in value]
+    return value
+
+
 def error_response(
     status: int, type_: str, message: str, headers: Mapping[str, str] | None = None, **details: Any
 ) -> JSONResponse:
     body = {"error": {"type": type_, "message": message, **details}}
-    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+    return SafeJSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
 # --- the guard: auth and body size, in front of routing ---------------------------------------
 
 
 class _Guard:
-    """Pure ASGI middleware: 401 without the token, 413 past the body limit."""
+    """Pure ASGI middleware: 421 for a foreign Host, 401 without the token, 413 past the limit.
 
-    def __init__(self, app: ASGIApp, *, token: str | None, max_body_bytes: int) -> None:
+    The Host check guards a server without a token, which only ever listens on loopback: a web
+    page whose DNS name is re-pointed at 127.0.0.1 (DNS rebinding) can make a browser send it
+    requests, but the browser still names the page's host in ``Host``.  So without a token only
+    this server's own address, its port and loopback names are answered.  With a token the
+    browser cannot authenticate anyway, and any name the operator serves under works.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, token: str | None, max_body_bytes: int, check_host: bool
+    ) -> None:
         self.app = app
         self.token = token.encode("utf-8") if token else None
         self.max_body_bytes = max_body_bytes
+        self.check_host = check_host and token is None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
+        if self.check_host:
+            foreign = _foreign_host(headers.get("host"), scope.get("server"))
+            if foreign is not None:
+                resp = error_response(
+                    421,
+                    "misdirected_request",
+                    f"this server answers only to its own address and loopback names, not to"
+                    f" Host {foreign!r}",
+                    hint="to serve under other names, set a token (RYLA_TOKEN)",
+                )
+                await resp(scope, receive, send)
+                return
         if self.token is not None and not self._authorized(headers.get("authorization")):
             resp = error_response(
                 401,
@@ -191,6 +248,46 @@ class _Guard:
             hint="inputs travel base64-encoded inside the body; send smaller files",
         )
         await resp(scope, receive, send)
+
+
+def _foreign_host(header: bytes | None, server: Any) -> str | None:
+    """The Host header's value when it names neither loopback nor this server, else None.
+
+    ``server`` is ASGI's ``(host, port)`` of the listening socket.  A request without Host
+    (HTTP/1.0) passes: browsers always send one.
+    """
+    if header is None:
+        return None
+    text = header.decode("latin-1").strip()
+    name, port = _split_host(text)
+    name = name.lower().rstrip(".")
+    own_host, own_port = (None, None)
+    if isinstance(server, list | tuple) and len(server) == 2:
+        own_host, own_port = server
+    if port is not None and own_port is not None and port != own_port:
+        return text[:200]
+    if name in _LOCAL_NAMES or name.endswith(".localhost") or name == str(own_host).lower():
+        return None
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return text[:200]
+
+
+def _split_host(text: str) -> tuple[str, int | None]:
+    """``("::1", 8000)`` from ``"[::1]:8000"``; a port that is not a number counts as foreign."""
+    if text.startswith("["):
+        name, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        name, _, port_text = text.partition(":")
+    else:
+        name, port_text = text, ""
+    if not port_text:
+        return name, None
+    return name, int(port_text) if port_text.isdigit() else -1
 
 
 # --- error handlers ---------------------------------------------------------------------------
@@ -277,7 +374,7 @@ def _validation_message(
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+        return SafeJSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -292,7 +389,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = _STATUS_TYPES.get(exc.status_code, f"http_{exc.status_code}")
         message = str(exc.detail) if exc.detail else "error"
-        if exc.status_code == 404 and message == "Not Found":
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            type_ = "not_json"  # FastAPI's words for JSON that json.loads cannot take
+            message = (
+                "the request body could not be read as JSON: not UTF-8, nested too deeply, or a"
+                " number too long to convert"
+            )
+        elif exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
@@ -323,12 +426,20 @@ def create_app(
     object_info: ObjectInfoSource | None = None,
     extra_models: Mapping[str, Sequence[str]] | None = None,
     limits: Limits | None = None,
+    check_host: bool = True,
 ) -> FastAPI:
     """The job API over ``executor`` and ``store``.
 
-    ``token`` set: every route wants ``Authorization: Bearer <token>``.  ``object_info`` set:
-    workflows are checked against it before they run (skipped while it is unavailable).
+    ``token`` set: every route wants ``Authorization: Bearer <token>`` (surrounding whitespace
+    is ignored; a blank token is a ``ConfigError``).  No token and ``check_host``: a request
+    whose ``Host`` names neither loopback nor this server gets 421 (DNS rebinding); turn it off
+    only behind a proxy that authenticates and rewrites nothing (Modal's ``requires_proxy_auth``).
+    ``object_info`` set: workflows are checked against it before they run (skipped while it is
+    unavailable).
     """
+    if token and not token.strip():
+        raise ConfigError("the gateway token is blank (only whitespace)")
+    token = token.strip() if token else None
     lim = limits or Limits()
     api = _Api(executor, store, object_info, extra_models, lim)
     app = FastAPI(
@@ -337,7 +448,9 @@ def create_app(
         description="Run ComfyUI workflows as jobs: submit, follow, download.",
     )
     _install_error_handlers(app)
-    app.add_middleware(_Guard, token=token, max_body_bytes=lim.max_body_bytes)
+    app.add_middleware(
+        _Guard, token=token, max_body_bytes=lim.max_body_bytes, check_host=check_host
+    )
     app.state.api = api
 
     @app.get("/health", response_model=Health, responses=_ERRORS)
@@ -458,7 +571,7 @@ def create_app(
                 "ComfyUI's object_info is not available from this server right now",
                 http_headers={"retry-after": "30"},
             )
-        return JSONResponse(info)
+        return SafeJSONResponse(info)
 
     # --- the job list and a job's logs (issue 10's server side) ----------------------------
 

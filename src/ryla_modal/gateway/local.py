@@ -13,7 +13,6 @@ on the way out it interrupts running jobs and stops ComfyUI.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import shutil
 import socket
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from ryla_modal import defaults
 from ryla_modal.comfy.process import ComfyProcess, check_ready
+from ryla_modal.config import is_loopback, serve_token
 from ryla_modal.errors import ComfyUIUnavailable, ConfigError
 
 log = logging.getLogger("ryla_modal.serve")
@@ -49,16 +49,6 @@ class Listening:
     comfy_url: str
     data_dir: Path
     with_token: bool
-
-
-def is_loopback(host: str) -> bool:
-    """Only this machine can reach ``host`` (a host name may resolve to anything: False)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -107,7 +97,8 @@ def serve_local(
 ) -> None:
     """Serve the job API until uvicorn stops; always stops ComfyUI and closes the store.
 
-    Refuses (ConfigError) to listen beyond loopback without a ``token``.
+    Refuses (ConfigError, from ``config.serve_token``) a blank token, and to listen beyond
+    loopback without a token.
     """
     import uvicorn
 
@@ -116,12 +107,7 @@ def serve_local(
     from ryla_modal.gateway.object_info import ComfyObjectInfo
     from ryla_modal.gateway.store import SQLiteJobStore
 
-    if token is None and not is_loopback(host):
-        raise ConfigError(
-            f"refusing to listen on {host} without a token: anyone who can reach it could run jobs",
-            hint="set RYLA_TOKEN (clients send it as 'Authorization: Bearer ...'), or listen on"
-            " 127.0.0.1",
-        )
+    token = serve_token(token, host)
     store = SQLiteJobStore(data_dir)
     process: ComfyProcess | None = None
     executor: LocalExecutor | None = None
