@@ -6,7 +6,6 @@ to reach states the stand-in has no switch for (ignores SIGTERM, answers 503 whi
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import socket
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ryla_modal import defaults
 from ryla_modal.comfy.process import ComfyProcess, port_in_use, read_tail
 from ryla_modal.errors import ComfyUIUnavailable, ConfigError
 from tests.conftest import ComfyServer
@@ -148,17 +148,19 @@ def test_a_process_that_dies_later_is_detected(launch_stub: Callable[..., ComfyS
         server.process.check_alive()
 
 
-def test_readiness_probes_at_most_every_50ms(tmp_path: Path) -> None:
-    proc = mini(tmp_path, "--load-s", "1.0")
+def test_readiness_probes_are_spaced_not_a_tight_loop(tmp_path: Path) -> None:
+    """A count, not a timing: over a 1 s load at most one probe per COMFY_READY_POLL_S (+2)
+    reaches the server.  A slow machine makes fewer probes, never more; the spacing itself is
+    measured by bench/launch.py."""
+    load_s = 1.0
+    proc = mini(tmp_path, "--load-s", str(load_s))
     try:
         proc.start(ready_timeout=10)
         probes = httpx.get(f"{proc.base_url}/probes", timeout=5).json()
     finally:
         proc.stop(grace=1.0)
-    gaps = [b - a for a, b in itertools.pairwise(probes)]
-    assert len(probes) >= 2
-    # Server-side gaps can shrink a little by scheduling jitter, never by half.
-    assert min(gaps) >= 0.04, gaps
+    assert len(probes) >= 2  # it did wait through the 503s
+    assert len(probes) <= load_s / defaults.COMFY_READY_POLL_S + 2, len(probes)
 
 
 def test_stop_escalates_to_sigkill_and_takes_the_group(tmp_path: Path) -> None:
