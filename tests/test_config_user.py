@@ -102,4 +102,4 @@ def test_dumps_toml_writes_arrays_of_tables_and_names_what_it_cannot_write() -> 
     with pytest.raises(ConfigError, match=r"a\.b"):
         dumps_toml({"a": {"b": object()}})
     with pytest.raises(ConfigError, match="not a string"):
-        dumps_toml({"a": {1: "x"}})  # type: ignore[dict-item]
+        dumps_toml({"a": {1: "x"}})

@@ -90,7 +90,9 @@ def test_lone_surrogates_anywhere_get_a_json_422(gw: Gateway, body: str) -> None
 def test_json_python_cannot_parse_is_a_clear_400(gw: Gateway) -> None:
     client = gw.client()
     deep = '{"workflow": {"1": {"class_type": "A", "inputs": {"x": %s}}}}'
-    for body in [deep % ("[" * 5000 + "]" * 5000), deep % ("9" * 5000), b'{"workflow": "\xff"}']:
+    bodies: list[str | bytes] = [deep % ("[" * 5000 + "]" * 5000), deep % ("9" * 5000)]
+    bodies.append(b'{"workflow": "\xff"}')  # not UTF-8
+    for body in bodies:
         resp = client.post("/jobs", content=body, headers=JSON)
         assert resp.status_code == 400, resp.text
         assert resp.json()["error"]["type"] == "not_json"

@@ -411,11 +411,27 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 # --- the app ----------------------------------------------------------------------------------
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
-    413: {"model": ErrorResponse, "description": "a limit was exceeded"},
-    422: {"model": ErrorResponse, "description": "the request or the workflow is invalid"},
+
+def _err(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+_Responses = dict[int | str, dict[str, Any]]
+#: What the guard in front of routing can answer on any route (421 only without a token).
+_GUARD: _Responses = {
+    401: _err("missing or wrong bearer token"),
+    413: _err("the request body is larger than the limit"),
+    421: _err("no token is set and the Host header names neither loopback nor this server"),
 }
+#: Routes with path or query parameters add 422; routes with a JSON body also 400.
+_PARAMS: _Responses = {**_GUARD, 422: _err("a parameter is invalid")}
+_BODY: _Responses = {
+    **_GUARD,
+    400: _err("the body is not JSON Python can read (not UTF-8, nested too deeply, ...)"),
+    413: _err("the body or the workflow is larger than a limit"),
+    422: _err("the request or the workflow is invalid"),
+}
+_NOT_TAKING = _err("the server is not taking jobs right now (Retry-After)")
 
 
 def create_app(
@@ -453,7 +469,7 @@ def create_app(
     )
     app.state.api = api
 
-    @app.get("/health", response_model=Health, responses=_ERRORS)
+    @app.get("/health", response_model=Health, responses=_GUARD)
     async def health() -> Health:
         return Health(version=__version__, executor=executor.kind)
 
@@ -463,9 +479,10 @@ def create_app(
         response_model=Job,
         responses={
             200: {"model": Job, "description": "this job_id already exists (same workflow)"},
-            409: {"model": ErrorResponse, "description": "this job_id has another workflow"},
-            429: {"model": ErrorResponse, "description": "too many jobs waiting"},
-            **_ERRORS,
+            409: _err("this job_id has another workflow"),
+            429: _err("too many jobs waiting (Retry-After)"),
+            503: _NOT_TAKING,
+            **_BODY,
         },
     )
     async def submit(body: JobRequest, response: Response) -> Job:
@@ -476,7 +493,7 @@ def create_app(
     @app.get(
         "/jobs/{job_id}",
         response_model=Job,
-        responses={404: {"model": ErrorResponse, "description": "unknown job"}, **_ERRORS},
+        responses={404: _err("unknown job"), **_PARAMS},
     )
     async def get_job(
         job_id: str,
@@ -497,9 +514,9 @@ def create_app(
         response_class=StreamingResponse,
         responses={
             200: {"content": {"application/octet-stream": {}}, "description": "the file"},
-            404: {"model": ErrorResponse, "description": "unknown job or output"},
-            409: {"model": ErrorResponse, "description": "the job has not succeeded"},
-            401: _ERRORS[401],
+            404: _err("unknown job or output"),
+            409: _err("the job has not succeeded"),
+            **_PARAMS,
         },
     )
     async def get_output(job_id: str, index: int) -> StreamingResponse:
@@ -509,7 +526,7 @@ def create_app(
         "/jobs/{job_id}/cancel",
         status_code=202,
         response_model=Job,
-        responses={404: {"model": ErrorResponse, "description": "unknown job"}, **_ERRORS},
+        responses={404: _err("unknown job"), **_PARAMS},
     )
     async def cancel(job_id: str) -> Job:
         record = await run_in_threadpool(api.cancel, job_id)
@@ -520,8 +537,10 @@ def create_app(
         response_model=Job,
         responses={
             202: {"model": Job, "description": "still running: poll GET /jobs/{job_id}"},
-            409: {"model": ErrorResponse, "description": "this job_id has another workflow"},
-            **_ERRORS,
+            409: _err("this job_id has another workflow"),
+            429: _err("too many jobs waiting (Retry-After)"),
+            503: _NOT_TAKING,
+            **_BODY,
         },
     )
     async def generate(body: JobRequest, response: Response) -> Job:
@@ -537,7 +556,7 @@ def create_app(
         "/warmup",
         status_code=202,
         response_model=Job,
-        responses={**_ERRORS},
+        responses=_GUARD,
     )
     async def warmup() -> Job:
         """Start a ComfyUI (on Modal: a GPU container) now; poll the returned job to see the
@@ -548,7 +567,7 @@ def create_app(
     @app.post(
         "/validate",
         response_model=ValidationReport,
-        responses={**_ERRORS},
+        responses=_BODY,
     )
     async def validate(body: ValidateRequest) -> ValidationReport:
         return await run_in_threadpool(api.validate, body.workflow)
@@ -557,8 +576,8 @@ def create_app(
         "/object_info",
         responses={
             200: {"description": "ComfyUI's GET /object_info document"},
-            503: {"model": ErrorResponse, "description": "not available right now"},
-            401: _ERRORS[401],
+            503: _err("not available right now (Retry-After)"),
+            **_GUARD,
         },
     )
     async def object_info_route() -> JSONResponse:
@@ -575,7 +594,7 @@ def create_app(
 
     # --- the job list and a job's logs (issue 10's server side) ----------------------------
 
-    @app.get("/jobs", response_model=JobPage, responses={**_ERRORS})
+    @app.get("/jobs", response_model=JobPage, responses=_PARAMS)
     async def list_jobs(
         status: Annotated[
             list[str] | None,
@@ -585,7 +604,11 @@ def create_app(
         ] = None,
         limit: int = Query(20, ge=1, le=100, description="jobs per page"),
         before: str | None = Query(
-            None, max_length=512, description="the previous page's `next`: continue after it"
+            None,
+            max_length=512,
+            pattern=r"^[A-Za-z0-9_-]+$",
+            description="the previous page's `next`: continue after it (422 for a cursor this"
+            " server did not issue)",
         ),
     ) -> JobPage:
         """Jobs newest first, a page at a time."""
@@ -608,22 +631,45 @@ def create_app(
     @app.get(
         "/jobs/{job_id}/logs",
         response_model=JobLogs,
-        responses={404: {"model": ErrorResponse, "description": "unknown job"}, **_ERRORS},
+        responses={404: _err("unknown job"), **_PARAMS},
     )
     async def job_logs(job_id: str) -> JobLogs:
         """The job's own log lines (``ryla serve``), or where Modal keeps them (``call_id``)."""
         record = await api.current(job_id)
         return await run_in_threadpool(executor.logs, record)
 
-    @app.get("/models", responses={401: _ERRORS[401]})
+    @app.get("/models", responses=_GUARD)
     async def models_route() -> JSONResponse:
         """The model files this deployment can load, by folder (``ryla models list``): on Modal
         the models Volume; ``{}`` where the server was given no model list."""
         files = api.extra_models
         listed = await run_in_threadpool(lambda: {k: list(v) for k, v in (files or {}).items()})
-        return JSONResponse({"folders": listed})
+        return SafeJSONResponse({"folders": listed})
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _document_limits(FastAPI.openapi(app), lim)
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _document_limits(doc: dict[str, Any], lim: Limits) -> None:
+    """Put this server's limits into its OpenAPI document, so what the document calls valid is
+    what the server takes (the models carry the defaults; a server may be built with others)."""
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name in ("JobRequest", "ValidateRequest"):
+        workflow = schemas.get(name, {}).get("properties", {}).get("workflow")
+        if isinstance(workflow, dict):
+            workflow["maxProperties"] = lim.max_nodes
+    inputs = schemas.get("JobRequest", {}).get("properties", {}).get("inputs")
+    if isinstance(inputs, dict):
+        inputs["maxItems"] = lim.max_inputs
+    data = schemas.get("InputSpec", {}).get("properties", {}).get("data_b64")
+    if isinstance(data, dict):
+        data["maxLength"] = lim.max_input_bytes // 3 * 4  # base64: 4 characters per 3 bytes
 
 
 class _Api:

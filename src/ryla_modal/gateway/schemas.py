@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from ryla_modal import defaults
 from ryla_modal.job import ACTIVE_STATUSES, TERMINAL_STATUSES, JobPhase, JobStatus
@@ -37,6 +37,73 @@ ERR_WORKER_DIED = "worker_died"
 ERR_INVALID_INPUT = "invalid_input"
 
 
+#: Standard base64, as ``base64.b64decode(..., validate=True)`` takes it.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+#: A link input: ``[node_id, output_index]``.  ComfyUI reads *every* list input as one.
+_LINK_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "prefixItems": [{"type": "string"}, {"type": "integer", "minimum": 0}],
+    "items": False,
+    "minItems": 2,
+    "maxItems": 2,
+}
+#: The API-format workflow as far as a JSON schema can say it.  The rest is the graph's
+#: meaning (links to nodes that exist, no cycles, known node types, values in range): a
+#: workflow valid by this schema may still get a 422 that names the node at fault.
+WORKFLOW_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "API-format ComfyUI workflow: node id → {class_type, inputs, _meta?}",
+    "minProperties": 1,
+    "maxProperties": defaults.WORKFLOW_MAX_NODES,
+    "additionalProperties": {
+        "type": "object",
+        "required": ["class_type", "inputs"],
+        "properties": {
+            "class_type": {"type": "string", "pattern": r"\S"},
+            "inputs": {
+                "type": "object",
+                "additionalProperties": {
+                    "anyOf": [
+                        {"type": "string"},
+                        {"type": "number"},
+                        {"type": "boolean"},
+                        {"type": "null"},
+                        {"type": "object"},
+                        _LINK_SCHEMA,
+                    ]
+                },
+            },
+            "_meta": {"type": "object"},
+        },
+    },
+}
+
+
+def _workflow_schema(schema: dict[str, Any]) -> None:
+    schema.clear()
+    schema.update(WORKFLOW_JSON_SCHEMA)
+
+
+def _integral_link_indices(workflow: dict[str, Any]) -> dict[str, Any]:
+    """``["4", 1.0]`` → ``["4", 1]``: JSON (and the schema above) does not tell 1.0 from 1,
+    but ComfyUI indexes a node's outputs with it and Python lists want an int."""
+    for node in workflow.values():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if not isinstance(inputs, dict):
+            continue
+        for name, value in inputs.items():
+            if (
+                isinstance(value, list)
+                and len(value) == 2
+                and isinstance(value[1], float)
+                and value[1].is_integer()
+                and value[1] >= 0
+            ):
+                inputs[name] = [value[0], int(value[1])]
+    return workflow
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -50,7 +117,10 @@ class InputSpec(BaseModel):
         pattern=INPUT_NAME_PATTERN,
         description="plain file name (letters, digits, . _ + -), as the workflow references it",
     )
-    data_b64: str = Field(description="the file's bytes, standard base64")
+    data_b64: str = Field(
+        description="the file's bytes, standard base64",
+        json_schema_extra={"pattern": BASE64_PATTERN},
+    )
 
 
 class JobRequest(BaseModel):
@@ -63,8 +133,12 @@ class JobRequest(BaseModel):
         pattern=JOB_ID_PATTERN,
         description="client-made id (a UUID) and idempotency key; the server makes one if absent",
     )
-    workflow: dict[str, Any] = Field(description="API-format ComfyUI workflow")
-    inputs: list[InputSpec] = Field(default_factory=list)
+    workflow: dict[str, Any] = Field(json_schema_extra=_workflow_schema)
+    inputs: list[InputSpec] = Field(
+        default_factory=list,
+        description="input files; their names are unique",
+        json_schema_extra={"maxItems": defaults.GATEWAY_MAX_INPUTS},
+    )
     timeout_s: int | None = Field(
         default=None,
         ge=1,
@@ -72,13 +146,17 @@ class JobRequest(BaseModel):
         description="execution budget in seconds (default: the server's)",
     )
 
+    _links = field_validator("workflow")(_integral_link_indices)
+
 
 class ValidateRequest(BaseModel):
     """Body of POST /validate."""
 
     model_config = ConfigDict(extra="forbid")
 
-    workflow: dict[str, Any] = Field(description="API-format ComfyUI workflow")
+    workflow: dict[str, Any] = Field(json_schema_extra=_workflow_schema)
+
+    _links = field_validator("workflow")(_integral_link_indices)
 
 
 class ValidationReport(_Model):
@@ -250,6 +328,7 @@ def workflow_identity(workflow: Mapping[str, Any], inputs: Iterable[InputMeta] =
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "BASE64_PATTERN",
     "ERR_CANCELLED",
     "ERR_COMFYUI_UNAVAILABLE",
     "ERR_EXECUTION",
@@ -261,6 +340,7 @@ __all__ = [
     "INPUT_NAME_PATTERN",
     "JOB_ID_PATTERN",
     "TERMINAL_STATUSES",
+    "WORKFLOW_JSON_SCHEMA",
     "ErrorDetail",
     "ErrorResponse",
     "Health",
