@@ -142,6 +142,9 @@ class UIConversionError(WorkflowFormatError):
         hint: str | None = None,
         unknown_types: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
+        # Names come from the file (node types, titles): a lone surrogate in one would make the
+        # message unprintable, so it is shown escaped.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message, node_id=node_id, field=field, source=source, hint=hint)
         self.unknown_types: dict[str, list[str]] = {
             k: list(v) for k, v in (unknown_types or {}).items()
