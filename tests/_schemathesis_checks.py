@@ -1,12 +1,13 @@
 """A schemathesis check for tests/test_openapi_schemathesis.py (loaded with SCHEMATHESIS_HOOKS).
 
-``positive_data_acceptance`` with one allowance.  A workflow is a graph whose node types, links
-and values only ComfyUI's ``/object_info`` can judge, so a workflow valid by the published
-schema may still get a 422 that says the *graph* is wrong: ComfyUI's own verdicts, a link to a
-node that is not there, links that loop, two input files under one name; likewise a page cursor
-the server did not issue (its alphabet is in the schema, its meaning is not).  Every other rejection
-of a schema-valid request (``invalid_request``, another ``invalid_workflow``, a 400, a 413)
-means the document promises more than the server takes, and fails.
+``positive_data_acceptance`` with allowances for what no schema can say.  A workflow is a graph
+whose node types, links and values only ComfyUI's ``/object_info`` can judge, so a workflow
+valid by the published schema may still get a 422 that says the *graph* is wrong: ComfyUI's own
+verdicts, a link to a node that is not there, links that loop, two input files under one name.
+Likewise a page cursor the server did not issue (its alphabet is in the schema, its meaning is
+not).  Every other rejection of a schema-valid request (``invalid_request``, another
+``invalid_workflow``, a 400, a 413) means the document promises more than the server takes, and
+fails.
 """
 
 from __future__ import annotations
