@@ -72,6 +72,7 @@ IMAGE_PACKAGES: tuple[str, ...] = (
     "rich>=13",
     "click>=8.1,<9",
     "typer>=0.16,<0.30",
+    "tomli-w>=1.0,<2",
     "huggingface_hub>=0.24",
 )
 
