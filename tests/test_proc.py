@@ -136,8 +136,8 @@ def test_ctrl_c_is_forwarded_to_the_group() -> None:
     result = run_command(
         py("""
             import sys, time
-            print("ready", flush=True)
-            try:
+            try:  # "ready" inside the try: a SIGINT right after it must land in the handler
+                print("ready", flush=True)
                 time.sleep(600)
             except KeyboardInterrupt:
                 print("child got SIGINT", flush=True)
