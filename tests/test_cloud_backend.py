@@ -8,9 +8,11 @@ Everything else (records, merge rules, outputs on a folder, lost-job detection) 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import inspect
+import queue as stdlib_queue
 import threading
 import time
 import uuid
@@ -70,6 +72,54 @@ class MemoryDict:
     def keys(self) -> list[Any]:
         with self._lock:
             return list(self._data)
+
+
+class _GetMany:
+    """``get_many`` with its ``.aio`` twin, as synchronicity gives modal's methods both."""
+
+    def __init__(self, queue: MemoryQueue) -> None:
+        self._queue = queue
+
+    def __call__(
+        self, n_values: int, block: bool = True, timeout: float | None = None, *, partition: str
+    ) -> list[Any]:
+        deadline = time.monotonic() + (timeout or 0.0)
+        with self._queue.cond:
+            while not self._queue.items.get(partition) and block:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise stdlib_queue.Empty()
+                self._queue.cond.wait(left)
+            items = self._queue.items.get(partition, [])
+            taken, self._queue.items[partition] = items[:n_values], items[n_values:]
+            return taken
+
+    async def aio(
+        self, n_values: int, block: bool = True, timeout: float | None = None, *, partition: str
+    ) -> list[Any]:
+        return await asyncio.to_thread(self, n_values, block, timeout, partition=partition)
+
+
+class MemoryQueue:
+    """An in-memory twin of the ``modal.Queue`` calls ``JobSignals`` makes (partitions, FIFO)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.items: dict[str, list[Any]] = {}
+        self.get_many = _GetMany(self)
+
+    def put(
+        self,
+        v: Any,
+        block: bool = True,
+        timeout: float | None = None,
+        *,
+        partition: str,
+        partition_ttl: int = 24 * 3600,
+    ) -> None:
+        with self.cond:
+            self.items.setdefault(partition, []).append(v)
+            self.cond.notify_all()
 
 
 def test_memory_dict_matches_modal_dict_signatures() -> None:

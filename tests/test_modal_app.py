@@ -295,7 +295,7 @@ class _Volume:
 def local_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """``ComfyWorker()`` run locally: ComfyUI is the stand-in, modal.Dict an in-memory twin."""
     from tests.fakes.comfyui_command import fake_comfyui_command
-    from tests.test_cloud_backend import MemoryDict
+    from tests.test_cloud_backend import MemoryDict, MemoryQueue
 
     command = fake_comfyui_command(
         "--output-directory", str(tmp_path / "comfy-out"),
@@ -304,9 +304,11 @@ def local_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[An
     )  # fmt: skip
     monkeypatch.setenv("RYLA_COMFYUI_COMMAND", json.dumps(command))
     monkeypatch.setenv("RYLA_OUTPUTS_DIR", str(tmp_path / "volume"))
-    jobs = MemoryDict()
-    # Modal's cloud objects are the only things replaced: the Dict and the Volume's commit.
+    jobs, events = MemoryDict(), MemoryQueue()
+    # Modal's cloud objects are the only things replaced: the Dict, the wake-up Queue and the
+    # Volume's commit.
     monkeypatch.setattr(modal.Dict, "from_name", staticmethod(lambda *a, **k: jobs))
+    monkeypatch.setattr(modal.Queue, "from_name", staticmethod(lambda *a, **k: events))
     import modal_apps.comfyui_app as comfyui_app
 
     import ryla_modal.cloud.app as packaged
@@ -468,6 +470,7 @@ def test_comfy_worker_restarts_a_dead_comfyui_before_the_next_job(
 @pytest.mark.filterwarnings("ignore:The ComfyWorker.run function is executing locally")
 def test_modal_gateway_end_to_end_over_http(local_worker: Any, tmp_path: Path) -> None:
     """The gateway as Modal builds it, over real HTTP; spawn runs the local worker in a thread."""
+    import asyncio
     import concurrent.futures
 
     import httpx
@@ -502,6 +505,10 @@ def test_modal_gateway_end_to_end_over_http(local_worker: Any, tmp_path: Path) -
         def cancel(self, terminate_containers: bool = False) -> None:
             self.future.cancel()
 
+    async def call_ended(call_id: str, wait_s: float) -> bool:
+        done, _ = await asyncio.to_thread(concurrent.futures.wait, [calls[call_id]], wait_s)
+        return bool(done)
+
     def spawn(payload: dict[str, Any]) -> str:
         call_id = f"fc-{len(calls) + 1}"
         calls[call_id] = pool.submit(local_worker.run.local, payload)
@@ -519,6 +526,7 @@ def test_modal_gateway_end_to_end_over_http(local_worker: Any, tmp_path: Path) -
         object_info_path=info,
         spawn=spawn,
         lookup_call=lambda call_id: Call(calls[call_id]),
+        call_waiter=call_ended,
     )
     # The Dict the gateway got is the one the worker writes (both from modal.Dict.from_name).
     server = UvicornThread(app)

@@ -78,6 +78,8 @@ MODAL_CALL_CHECK_INTERVAL_S = 5.0  # the gateway asks Modal about one job's Func
 MODAL_STORE_LIST_CACHE_S = 5.0  # a full scan of the jobs Dict (pending count) is reused this long
 MODAL_MODEL_LIST_TTL_S = 30.0  # model files on the volume are re-listed this often
 MODAL_CANCEL_POLL_S = 1.0  # a running worker looks for a cancel request this often
+MODAL_SIGNAL_TTL_S = 3600  # a job's wake-up partition is dropped this long after its last signal
+MODAL_SIGNAL_BACKLOG = 1000  # wake-ups one long poll takes off a job's partition at once
 
 # --- the job API (gateway) and `ryla serve` ------------------------------------------------------
 GATEWAY_MAX_BODY_BYTES = 32 * 1024 * 1024  # a POST body larger than this gets 413

@@ -100,6 +100,9 @@ class _Reader:
         value = self._get(key, (int, float), False)
         return None if value is None else float(value)
 
+    def opt_bool(self, key: str) -> bool | None:
+        return cast("bool | None", self._get(key, bool, False))
+
 
 def _tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
     return kinds if isinstance(kinds, tuple) else (kinds,)
@@ -108,6 +111,7 @@ def _tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
 def _names(kinds: type | tuple[type, ...]) -> str:
     names = {str: "a string", int: "an integer", float: "a number", dict: "an object"}
     names[list] = "a list"
+    names[bool] = "true or false"
     return " or ".join(names.get(k, k.__name__) for k in _tuple(kinds))
 
 
@@ -135,33 +139,86 @@ class Progress:
         )
 
 
+#: The phases of a job in the order they happen, each with a label for people.  Renderers walk
+#: this list (``Timings.labelled``) rather than the fields, so a phase added here shows up in
+#: ``ryla jobs status``, ``--json`` and the ``ryla generate`` summary without touching them.
+TIMING_PHASES: tuple[tuple[str, str], ...] = (
+    ("queued", "queued"),
+    ("container_start", "container start"),
+    ("starting_comfyui", "ComfyUI start"),
+    ("uploading_inputs", "uploading inputs"),
+    ("waiting_in_comfyui", "waiting in ComfyUI"),
+    ("model_load", "model load"),
+    ("executing", "executing"),
+    ("collecting_outputs", "collecting outputs"),
+    ("storing_outputs", "storing outputs"),
+)
+
+
 @dataclass(frozen=True)
 class Timings:
     """Seconds per phase of a job; the phases do not overlap, a phase not reached is None.
 
     ``total`` is the wall time from ``created_at`` to the final status: what the job took.
+    ``restored`` says whether the ComfyUI this job waited for came from a memory snapshot
+    (None: the job did not wait for a ComfyUI start, or the server does not say).
     """
 
     queued: float | None = None
+    container_start: float | None = None
     starting_comfyui: float | None = None
     uploading_inputs: float | None = None
     waiting_in_comfyui: float | None = None
+    model_load: float | None = None
     executing: float | None = None
     collecting_outputs: float | None = None
     storing_outputs: float | None = None
     total: float | None = None
+    restored: bool | None = None
 
     @classmethod
     def from_dict(cls, data: object, where: str = "timings") -> Timings:
         r = _Reader(data, where)
-        return cls(**{f.name: r.opt_number(f.name) for f in dataclasses.fields(cls)})
+        restored = r.opt_bool("restored")
+        return cls(
+            **{
+                f.name: r.opt_number(f.name)
+                for f in dataclasses.fields(cls)
+                if f.name != "restored"
+            },
+            restored=restored,
+        )
 
-    def to_dict(self) -> dict[str, float | None]:
+    def to_dict(self) -> dict[str, float | bool | None]:
         return dataclasses.asdict(self)
 
     def phases(self) -> dict[str, float]:
         """The phases the job went through, in order (``total`` left out: it is their span)."""
-        return {k: v for k, v in self.to_dict().items() if v is not None and k != "total"}
+        values = self.to_dict()
+        return {
+            name: float(value)
+            for name, _ in TIMING_PHASES
+            if isinstance(value := values.get(name), (int, float)) and not isinstance(value, bool)
+        }
+
+    def labelled(self, **after: float | None) -> list[tuple[str, float]]:
+        """``(label, seconds)`` per phase reached, in order; ``after`` appends client-side
+        phases (``downloaded=1.2``), so one line can tell a whole job from click to file."""
+        labels = dict(TIMING_PHASES)
+        out: list[tuple[str, float]] = []
+        for name, seconds in self.phases().items():
+            label = labels[name]
+            if name == "starting_comfyui" and self.restored is not None:
+                label += " (restored from a snapshot)" if self.restored else " (cold)"
+            out.append((label, seconds))
+        out += [(name.replace("_", " "), s) for name, s in after.items() if s is not None]
+        return out
+
+    def summary(self, **after: float | None) -> str:
+        """One line: ``12.3 s: queued 0.1 s · container start 3.0 s · …``."""
+        parts = " · ".join(f"{label} {seconds:.1f} s" for label, seconds in self.labelled(**after))
+        head = f"{self.total:.1f} s" if self.total is not None else "timings"
+        return f"{head}: {parts}" if parts else head
 
 
 @dataclass(frozen=True)
@@ -277,6 +334,7 @@ __all__ = [
     "JOB_PHASES",
     "JOB_STATUSES",
     "TERMINAL_STATUSES",
+    "TIMING_PHASES",
     "Job",
     "JobError",
     "JobPhase",

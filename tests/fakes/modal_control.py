@@ -36,6 +36,13 @@ asks ClassGet, FunctionGet (tag `Cls.*`), FunctionUpdateSchedulingParams (overri
 FunctionGetOutputs, and the call runs `function_handlers[(app, tag)]` in a thread of the test
 process, its result or exception pickled back as Modal does; `Secret/Volume.from_name().hydrate()`
 asks Secret/VolumeGetOrCreate without CREATE_IF_MISSING.
+Wake-ups (modal 1.6.4): `Queue.from_name(...)` asks QueueGetOrCreate; `put(v, partition=K)`
+QueuePut and `get_many(n, timeout=T, partition=K)` QueueGet, which here blocks until an item
+arrives on that partition or T passes, as Modal's does (items per (queue, partition), FIFO,
+kept in `queues`). `FunctionCall.from_id(ID).get(timeout=T)` asks FunctionGetOutputs, which
+blocks until the call has a result or T (at most 30 s) passes; `start_call(fn, *args)` starts a
+call without a deployed function (what a gateway's spawn returns), run in a thread of the test
+process.
 Switches: `missing_secrets` (SecretGetOrCreate answers NOT_FOUND, as Modal does for a Secret
 that does not exist), `missing_volumes` (a lookup answers NOT_FOUND until a deploy creates it),
 `image_build` ("cached"; "build" streams `image_build_logs` through
@@ -451,6 +458,37 @@ class _Servicer(api_grpc.ModalClientBase):
             api_pb2.DictGetOrCreateResponse(dict_id=self._c._object_id("di", req.deployment_name))
         )
 
+    async def QueueGetOrCreate(self, stream: Any) -> None:
+        req = await stream.recv_message()
+        queue_id = self._c._object_id("qu", req.deployment_name)
+        await stream.send_message(api_pb2.QueueGetOrCreateResponse(queue_id=queue_id))
+
+    async def QueuePut(self, stream: Any) -> None:
+        req = await stream.recv_message()
+        key = (req.queue_id, bytes(req.partition_key))
+        with self._c._lock:
+            self._c.queues.setdefault(key, []).extend(bytes(v) for v in req.values)
+        self._c._queue_changed().set()
+        await stream.send_message(Empty())
+
+    async def QueueGet(self, stream: Any) -> None:
+        req = await stream.recv_message()
+        key = (req.queue_id, bytes(req.partition_key))
+        deadline = time.monotonic() + max(0.0, min(req.timeout, 50.0))
+        n = max(1, req.n_values)
+        while True:
+            changed = self._c._queue_changed()
+            with self._c._lock:
+                items = self._c.queues.get(key, [])
+                taken, self._c.queues[key] = items[:n], items[n:]
+            left = deadline - time.monotonic()
+            if taken or left <= 0:
+                break
+            # Woken by any put; a put to another partition just loops (bounded by the deadline).
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait(), left)
+        await stream.send_message(api_pb2.QueueGetResponse(values=taken))
+
     async def FunctionPrecreate(self, stream: Any) -> None:
         req = await stream.recv_message()
         app = self._c._app_by_id(req.app_id)
@@ -825,6 +863,9 @@ class FakeModalControl:
         self.function_handlers: dict[tuple[str, str], Callable[..., Any]] = {}
         self.function_calls: dict[str, Any] = {}
         self.function_names: dict[str, tuple[str, str]] = {}
+        #: (queue id, partition key) -> serialized items, oldest first
+        self.queues: dict[tuple[str, bytes], list[bytes]] = {}
+        self._queue_event: asyncio.Event | None = None
         #: function id -> the AutoscalerSettings overrides FunctionUpdateSchedulingParams set
         self.autoscaler: dict[str, Any] = {}
         self.image_builder_version = "2025.06"
@@ -996,6 +1037,28 @@ class FakeModalControl:
     def call_names(self) -> list[str]:
         with self._lock:
             return [n for n, _ in self.calls]
+
+    def _queue_changed(self) -> asyncio.Event:
+        """An event set by the next QueuePut (a fresh one once set: waiters re-read, re-wait)."""
+        event = self._queue_event
+        if event is None or event.is_set():
+            event = self._queue_event = asyncio.Event()
+        return event
+
+    def start_call(self, fn: Callable[..., Any], *args: Any) -> str:
+        """A FunctionCall id whose result is ``fn(*args)``, run in a thread of this process."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("FakeModalControl is not started")
+        call_id = new_id("fc")
+
+        async def start() -> None:
+            task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+            with self._lock:
+                self.function_calls[call_id] = task
+
+        asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=_START_TIMEOUT_S)
+        return call_id
 
     def _record(self, name: str, request: Any, metadata: Any) -> None:
         with self._lock:

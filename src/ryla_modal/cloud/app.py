@@ -30,6 +30,7 @@ settings = AppSettings.load() if modal.is_local() else AppSettings.from_env()
 container_env: dict[str, str | None] = dict(settings.to_env())
 
 app = modal.App(settings.app_name)
+SNAPSHOTS = settings.snapshot != "off"
 
 # Layers from the slowest-changing to the fastest: a code edit only re-adds ryla_modal (last).
 image = (
@@ -39,6 +40,8 @@ image = (
     .run_commands(*paths.comfyui_commands(settings.comfyui_repo, settings.comfyui_commit))
     .pip_install(*IMAGE_PACKAGES)
     .run_commands(*paths.custom_node_commands(settings.custom_nodes))
+    # "cpu" snapshots: the node that keeps ComfyUI off the GPU until the restore (cloud.worker)
+    .run_commands(*(paths.snapshot_node_commands() if settings.snapshot == "cpu" else []))
     .run_commands(paths.write_file_command(paths.MODEL_PATHS_FILE, paths.model_paths_yaml()))
     .run_commands(paths.object_info_command(paths.OBJECT_INFO_PATH))
     .add_local_python_source("ryla_modal")
@@ -96,17 +99,28 @@ def check_workflows(workflows: dict[str, dict[str, Any]]) -> list[dict[str, Any]
     # Keep-warm: GPUs held even when idle (billed); `ryla warm` changes these at runtime.
     min_containers=settings.min_containers,
     buffer_containers=settings.buffer_containers or None,
+    # Memory snapshots: ComfyUI's start is saved once and restored by later containers.
+    enable_memory_snapshot=SNAPSHOTS,
+    experimental_options={"enable_gpu_snapshot": True} if settings.snapshot == "gpu" else None,
 )
 @modal.concurrent(max_inputs=settings.max_inputs)
 class ComfyWorker:
-    """One GPU container: ComfyUI started once by ``@modal.enter``, then one job per ``run``."""
+    """One GPU container: ComfyUI started once by the enter hooks, then one job per ``run``.
 
-    @modal.enter()
+    With snapshots, Modal runs ``start_comfyui`` once, saves the container's memory, and later
+    containers resume from there and run only ``on_gpu``; without, both run in order.
+    """
+
+    @modal.enter(snap=SNAPSHOTS)
     def start_comfyui(self) -> None:
         from ryla_modal.cloud.worker import ModalWorker
 
         self.worker = ModalWorker.from_env(on_outputs_written=outputs.commit)
-        self.worker.start()
+        self.worker.start_before_snapshot()
+
+    @modal.enter(snap=False)
+    def on_gpu(self) -> None:
+        self.worker.after_restore()
 
     @modal.method()
     def run(self, job: dict[str, Any]) -> dict[str, Any]:

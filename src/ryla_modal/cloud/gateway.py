@@ -23,7 +23,7 @@ from ryla_modal.cloud.executor import (
     modal_call_lookup,
     modal_spawner,
 )
-from ryla_modal.cloud.store import DictJobStore
+from ryla_modal.cloud.store import CallWaiter, DictJobStore, JobSignals, modal_call_waiter
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI
@@ -116,10 +116,14 @@ def create_modal_gateway(
     object_info_path: Path | None = None,
     spawn: SpawnFn | None = None,
     lookup_call: LookupFn = modal_call_lookup,
+    call_waiter: CallWaiter = modal_call_waiter,
+    poll_s: float = defaults.GATEWAY_STORE_POLL_S,
 ) -> FastAPI:
     """The job API as the Modal gateway function serves it (called inside the container).
 
-    ``spawn``/``lookup_call`` default to the deployed ``worker_class`` (tests pass their own).
+    ``spawn``/``lookup_call``/``call_waiter`` default to the deployed ``worker_class`` and
+    Modal's FunctionCalls (tests pass their own).  Long polls wake on the worker's writes (its
+    signal Queue, its FunctionCall ending) and re-read the Dict every ``poll_s`` besides.
     """
     import modal
 
@@ -127,10 +131,14 @@ def create_modal_gateway(
     from ryla_modal.gateway.object_info import FileObjectInfo
 
     jobs = modal.Dict.from_name(settings.jobs_dict, create_if_missing=True)
+    events = modal.Queue.from_name(settings.jobs_queue, create_if_missing=True)
     store = DictJobStore(
         jobs,
         outputs_dir=outputs_dir(),
         reload_outputs=outputs_volume.reload,
+        signals=JobSignals(events),
+        call_waiter=call_waiter,
+        poll_s=poll_s,
     )
     executor = ModalExecutor(
         store,

@@ -94,6 +94,14 @@ def model_paths_yaml(models_dir: str = MODELS_DIR) -> str:
     return "\n".join(lines) + "\n"
 
 
+def snapshot_node_commands(comfy_dir: str = COMFY_DIR) -> list[str]:
+    """Write the ``ryla_snapshot`` custom node (``cloud/snapshot_node.py``) into ComfyUI."""
+    from ryla_modal.cloud.snapshot_node import NODE_DIRECTORY, node_files
+
+    folder = f"{comfy_dir}/custom_nodes/{NODE_DIRECTORY}"
+    return [write_file_command(f"{folder}/{name}", text) for name, text in node_files().items()]
+
+
 def write_file_command(path: str, text: str) -> str:
     parent = shlex.quote(str(Path(path).parent))
     return f"mkdir -p {parent} && printf %s {shlex.quote(text)} > {shlex.quote(path)}"

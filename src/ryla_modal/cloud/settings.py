@@ -171,6 +171,12 @@ class AppSettings:
             )
         return settings
 
+    @property
+    def jobs_queue(self) -> str:
+        """The ``modal.Queue`` whose per-job partitions wake long polls: the Dict's name plus
+        ``-events`` (cut to Modal's 63 characters), so it needs no setting of its own."""
+        return f"{self.jobs_dict[:56]}-events"
+
     def to_env(self) -> dict[str, str]:
         """The ``RYLA_*`` variables that make ``from_env`` give these settings back."""
         out: dict[str, str] = {}

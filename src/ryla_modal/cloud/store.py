@@ -25,6 +25,20 @@ and readers probe past it.  Slot order is creation order as the gateways saw it,
 gateway containers "newest first" is approximate by the skew of their clocks.  Jobs created
 before the index existed are not listed.
 
+Waking long polls.  ``modal.Dict`` cannot notify, so a long poll alone would re-read it every
+``poll_s``, adding up to that much to every job.  Two signals wake it instead:
+
+- the worker's ``FunctionCall``: when the call returns, the worker has written the final state
+  (it returns after that write), so a wait on ``FunctionCall.get`` ends when the job does;
+- ``JobSignals``: after each write the store puts the job's revision on its partition of a
+  ``modal.Queue`` (partition key = job id); a waiting gateway blocks on that partition.
+
+Both waits are async (``.aio``) and cancelled as soon as one of them, or the Dict poll that stays
+as the safety net (gateway-side writes such as a cancel from another gateway container, a lost
+signal), sees a change.  A Queue item is read by one consumer: with two gateway containers
+long-polling one job, progress may wake only one of them, the other then sees it by its poll;
+the final state wakes every waiter through the FunctionCall.
+
 Output files live on the outputs Volume at ``<root>/<job_id>/<index>``; the
 worker commits the Volume before the record says ``succeeded`` and the gateway reloads it when a
 file it should have is not there yet.
@@ -32,20 +46,23 @@ file it should have is not there yet.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 import logging
 import re
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from ryla_modal import defaults
 from ryla_modal._atomic import write_atomic
 from ryla_modal.gateway.schemas import (
+    ACTIVE_STATUSES,
     JOB_ID_PATTERN,
     TERMINAL_STATUSES,
     JobRecord,
@@ -76,6 +93,78 @@ class DictLike(Protocol):
     def items(self) -> Iterable[tuple[Any, Any]]: ...
 
 
+class QueueLike(Protocol):
+    """The part of ``modal.Queue`` (modal 1.6) ``JobSignals`` uses, sync and ``.aio``."""
+
+    @property
+    def put(self) -> Any: ...
+
+    @property
+    def get_many(self) -> Any: ...
+
+
+#: Waits until a worker's FunctionCall has a result (True) or the seconds given pass (False).
+CallWaiter = Callable[[str, float], Awaitable[bool]]
+
+
+class JobSignals:
+    """Per-job wake-ups on a ``modal.Queue``: writers ``notify``, long polls ``wait``.
+
+    Items are plain revision numbers on the partition named by the job id; a waiter takes all
+    that are there at once, so a backlog left while nobody waited costs one read, not a loop.
+    """
+
+    def __init__(
+        self,
+        queue: QueueLike,
+        *,
+        partition_ttl_s: int = defaults.MODAL_SIGNAL_TTL_S,
+        backlog: int = defaults.MODAL_SIGNAL_BACKLOG,
+    ) -> None:
+        self._queue = queue
+        self.partition_ttl_s = partition_ttl_s
+        self.backlog = backlog
+
+    def notify(self, job_id: str, revision: int) -> None:
+        """One non-blocking put; a failure is logged, never raised (the Dict has the state)."""
+        try:
+            self._queue.put(
+                revision, block=False, partition=job_id, partition_ttl=self.partition_ttl_s
+            )
+        except Exception as exc:  # queue.Full, a network error: the poll still sees the write
+            log.debug("job %s: wake-up signal not sent: %s", job_id, exc)
+
+    async def wait(self, job_id: str, wait_s: float) -> bool:
+        """True once something was signalled for ``job_id``; False after ``wait_s``."""
+        import queue as stdlib_queue
+
+        try:
+            items = await self._queue.get_many.aio(
+                self.backlog, block=True, timeout=max(0.0, wait_s), partition=job_id
+            )
+        except stdlib_queue.Empty:
+            return False
+        return bool(items)
+
+
+async def modal_call_waiter(call_id: str, wait_s: float) -> bool:
+    """``FunctionCall.get`` with a timeout, asynchronously: True once the call has ended
+    (returned or raised), False when it is still running after ``wait_s``."""
+    import modal
+    from modal import exception as mx
+
+    call = modal.FunctionCall.from_id(call_id)
+    try:
+        await call.get.aio(timeout=max(0.0, wait_s))
+    except mx.TimeoutError:
+        return False
+    except (mx.ConnectionError, OSError):
+        raise  # our side's trouble: the caller falls back to the poll
+    except Exception:
+        return True  # the call ended with an error: it is over all the same
+    return True
+
+
 def _check_id(job_id: str) -> str:
     if not _JOB_ID_RE.match(job_id):
         raise ValueError(f"bad job id {job_id[:80]!r}")
@@ -100,7 +189,13 @@ class DictJobStore(JobStore):
         reload_outputs: Callable[[], None] | None = None,
         list_cache_s: float = defaults.MODAL_STORE_LIST_CACHE_S,
         clock: Callable[[], float] = time.time,
+        signals: JobSignals | None = None,
+        call_waiter: CallWaiter | None = None,
+        poll_s: float = defaults.GATEWAY_STORE_POLL_S,
     ) -> None:
+        """``signals``: writes are signalled there and long polls wait on it; ``call_waiter``:
+        long polls also wait for the job's FunctionCall to end; ``poll_s``: the Dict re-read
+        that stays as the safety net (see the module docstring)."""
         if role not in ("gateway", "worker"):
             raise ValueError(f"role must be 'gateway' or 'worker', not {role!r}")
         self._d = d
@@ -115,6 +210,10 @@ class DictJobStore(JobStore):
         self._uncommitted = False
         self._reload_lock = threading.Lock()
         self._list_cache: tuple[float, list[JobRecord]] | None = None
+        self._signals = signals
+        self._call_waiter = call_waiter
+        self.poll_s = poll_s
+        self._calls_ended: dict[str, None] = {}  # FunctionCalls seen ended (insertion-ordered)
 
     # --- records ---------------------------------------------------------------------------
 
@@ -144,12 +243,17 @@ class DictJobStore(JobStore):
             if new is None:
                 return current
             if new.status in TERMINAL_STATUSES:
-                return self._write_final(current, new, force)
-            if current.status in TERMINAL_STATUSES:  # force: a final record made active again
-                self._d.pop(f"final:{job_id}", None)
-            if self.role == "worker":
-                return self._write_live(job_id, new, fields)
-            return self._write_job(job_id, new, fields)
+                written = self._write_final(current, new, force)
+            else:
+                if current.status in TERMINAL_STATUSES:  # force: a final record active again
+                    self._d.pop(f"final:{job_id}", None)
+                if self.role == "worker":
+                    written = self._write_live(job_id, new, fields)
+                else:
+                    written = self._write_job(job_id, new, fields)
+        if self._signals is not None and written.revision != current.revision:
+            self._signals.notify(job_id, written.revision)  # outside the lock: one RPC
+        return written
 
     def _write_final(self, current: JobRecord, new: JobRecord, force: bool) -> JobRecord:
         if new.status == "succeeded" and self._uncommitted and self._commit is not None:
@@ -184,6 +288,69 @@ class DictJobStore(JobStore):
         value.pop("cancel_requested", None)  # its own key says it
         self._d[f"job:{job_id}"] = value
         return self.get(job_id) or new
+
+    async def wait_for_change(self, job_id: str, revision: int, wait_s: float) -> None:
+        """Return once the job's revision may differ from ``revision``, or after ``wait_s``.
+
+        Waits at once on the job's signal partition, on its FunctionCall, and on a Dict re-read
+        every ``poll_s``; the first to fire ends the wait and the others are cancelled.
+        """
+        deadline = time.monotonic() + max(0.0, wait_s)
+        record = await asyncio.to_thread(self.get, job_id)
+        if record is None or record.revision != revision:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        waits: list[Awaitable[Any]] = [self._poll(job_id, revision, deadline)]
+        if self._signals is not None:
+            waits.append(self._guarded(self._signals.wait(job_id, left), deadline, "signal"))
+        call_id = record.call_id
+        if (
+            self._call_waiter is not None
+            and call_id
+            and record.status in ACTIVE_STATUSES
+            and call_id not in self._calls_ended
+        ):
+            waits.append(self._guarded(self._call_ended(call_id, left), deadline, "call"))
+        tasks = [asyncio.ensure_future(w) for w in waits]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _poll(self, job_id: str, revision: int, deadline: float) -> None:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(self.poll_s, left))
+            record = await asyncio.to_thread(self.get, job_id)
+            if record is None or record.revision != revision:
+                return
+
+    async def _call_ended(self, call_id: str, wait_s: float) -> bool:
+        assert self._call_waiter is not None
+        ended = await self._call_waiter(call_id, wait_s)
+        if ended:
+            self._calls_ended[call_id] = None  # a finished call is not waited on again
+            while len(self._calls_ended) > 10_000:
+                del self._calls_ended[next(iter(self._calls_ended))]
+        return ended
+
+    async def _guarded(self, wait: Awaitable[bool], deadline: float, what: str) -> None:
+        """A wake-up source that fails or times out must not end the wait early: it parks
+        until the deadline, leaving the poll (and the other source) to answer."""
+        try:
+            if await wait:
+                return
+        except Exception as exc:
+            log.debug("long poll: %s wait failed: %s", what, exc)
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
 
     def cancel_requested(self, job_id: str) -> bool:
         """One read: the worker polls this while it runs a job."""
@@ -327,4 +494,12 @@ def _compose(parts: Mapping[str, Any]) -> JobRecord | None:
     return JobRecord.model_validate(merged)
 
 
-__all__ = ["LIVE_FIELDS", "DictJobStore", "DictLike"]
+__all__ = [
+    "LIVE_FIELDS",
+    "CallWaiter",
+    "DictJobStore",
+    "DictLike",
+    "JobSignals",
+    "QueueLike",
+    "modal_call_waiter",
+]

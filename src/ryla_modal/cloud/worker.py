@@ -9,9 +9,19 @@ job, and payload decoding.  A cancel reaches a job two ways: Modal raises ``Inpu
 in the call, or the gateway's flag in the store (polled each ``cancel_poll_s``) interrupts the
 prompt in ComfyUI.
 
-    worker = ModalWorker.from_env(on_outputs_written=outputs_volume.commit)  # @modal.enter
+    worker = ModalWorker.from_env(on_outputs_written=outputs_volume.commit)
+    worker.start_before_snapshot()  # @modal.enter(snap=True): ComfyUI up, without a GPU if "cpu"
+    worker.after_restore()  # @modal.enter(snap=False): onto the GPU; restored or cold?
     worker.run({"job_id": ..., "workflow": {...}, "inputs": [], "timeout_s": None})
     worker.stop()  # @modal.exit
+
+Memory snapshots (``snapshot = "cpu" | "gpu"``): Modal runs ``start_before_snapshot``, saves the
+container's memory (ComfyUI's process included), and later containers resume from that save and
+run only ``after_restore``.  A CPU snapshot is taken with no GPU attached, so with ``"cpu"``
+ComfyUI starts with its GPU deferred (the ``ryla_snapshot`` custom node, ``cloud/snapshot_node``)
+and ``after_restore`` moves it onto the GPU (``POST /ryla/gpu``); with ``"gpu"`` the GPU is there
+before the snapshot and its memory is saved too.  A container knows it was restored when its
+``MODAL_TASK_ID`` differs from the one it had before the snapshot (Modal updates it on restore).
 """
 
 from __future__ import annotations
@@ -34,16 +44,37 @@ from ryla_modal import defaults
 from ryla_modal.cloud import image as paths
 from ryla_modal.cloud.gateway import outputs_dir
 from ryla_modal.cloud.settings import AppSettings, comfyui_command
-from ryla_modal.cloud.store import DictJobStore
+from ryla_modal.cloud.snapshot_node import DEFER_GPU_ENV, GPU_ROUTE
+from ryla_modal.cloud.store import DictJobStore, JobSignals
 from ryla_modal.comfy.process import ComfyProcess, check_ready
 from ryla_modal.comfy.runner import ComfyRunner, InputFile
 from ryla_modal.errors import ComfyUIUnavailable, WorkflowFormatError
-from ryla_modal.gateway.lifecycle import JobLifecycle, JobSpec
+from ryla_modal.gateway.lifecycle import JobLifecycle, JobSpec, StartupInfo
 from ryla_modal.gateway.schemas import TERMINAL_STATUSES
 
 log = logging.getLogger("ryla_modal.worker")
 
 _HEALTH_TIMEOUT_S = 5.0
+_GPU_MOVE_TIMEOUT_S = 60.0  # CUDA init plus ComfyUI's device state; a hung move restarts ComfyUI
+_IMPORTED_AT = time.time()  # fallback for the process start, where /proc cannot say
+
+
+def process_started_at() -> float:
+    """Epoch seconds this Python process started (the container's boot, as far as it can tell).
+
+    Linux: ``/proc/self/stat`` field 22 (start, in clock ticks after boot) against
+    ``/proc/uptime``; elsewhere, the time this module was imported.
+    """
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # fields after "(comm)": 3.. -> 22 is [19]
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED_AT
+    if not 0 <= age < 30 * 86400:
+        return _IMPORTED_AT
+    return min(time.time() - age, _IMPORTED_AT)
 
 
 class ModalWorker:
@@ -59,10 +90,19 @@ class ModalWorker:
         progress_interval_s: float = defaults.GATEWAY_PROGRESS_MIN_INTERVAL_S,
         cancel_poll_s: float = defaults.MODAL_CANCEL_POLL_S,
         comfy_output_dir: Path | None = None,
+        snapshot: str = "off",
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         """``comfy_output_dir``: ComfyUI's output folder, when this worker chose it; each job's
-        files are then deleted from it once stored, so a warm container's disk does not fill."""
+        files are then deleted from it once stored, so a warm container's disk does not fill.
+        ``snapshot``: the deployment's memory snapshot mode; with ``"cpu"`` the ``process`` must
+        start ComfyUI with ``RYLA_COMFYUI_DEFER_GPU=1`` (``from_env`` does).  ``environ``: where
+        ``MODAL_TASK_ID`` is read (``os.environ``; tests pass their own)."""
+        if snapshot not in ("off", "cpu", "gpu"):
+            raise ValueError(f"snapshot must be 'off', 'cpu' or 'gpu', not {snapshot!r}")
         self.store = store
+        self.snapshot = snapshot
+        self._environ = os.environ if environ is None else environ
         self.comfy_output_dir = comfy_output_dir
         self.process = process
         self.ready_timeout_s = ready_timeout_s
@@ -74,6 +114,11 @@ class ModalWorker:
         self.runner: ComfyRunner | None = None
         #: epoch seconds of the last ComfyUI start (begin, ready): the cold start jobs wait for
         self.comfy_window: tuple[float, float] | None = None
+        #: epoch seconds from the container's process start to its @modal.enter (None: unknown)
+        self.container_window: tuple[float, float] | None = None
+        #: whether the last ComfyUI start came from a memory snapshot (None: no start yet)
+        self.restored: bool | None = None
+        self._task_before_snapshot: str | None = None
         self._restart_lock = threading.Lock()
 
     @classmethod
@@ -93,40 +138,125 @@ class ModalWorker:
         env = os.environ if environ is None else environ
         settings = AppSettings.from_env(env)
         jobs = modal.Dict.from_name(settings.jobs_dict, create_if_missing=True)
+        events = modal.Queue.from_name(settings.jobs_queue, create_if_missing=True)
         store = DictJobStore(
             jobs,
             outputs_dir=outputs_dir(env),
             role="worker",
             commit_outputs=on_outputs_written,
+            signals=JobSignals(events),
         )
         # ComfyUI writes into a folder of ours (the last --output-directory wins), which the
         # runner empties after each job: outputs live on the Volume, not in the container.
         comfy_output = Path(tempfile.mkdtemp(prefix="ryla-comfyui-output-"))
         own_output = ["--output-directory", str(comfy_output)]
+        # "cpu" snapshots are taken without a GPU: ComfyUI must not touch CUDA until restored.
+        comfy_env = {DEFER_GPU_ENV: "1"} if settings.snapshot == "cpu" else None
         command = comfyui_command(env)
         if command is None:
             process = ComfyProcess.for_checkout(
                 Path(paths.COMFY_DIR),
                 sys.executable,
                 extra_args=["--disable-auto-launch", *own_output],
+                env=comfy_env,
             )
         else:
-            process = ComfyProcess(command, extra_args=own_output)
+            process = ComfyProcess(command, extra_args=own_output, env=comfy_env)
         return cls(
             store,
             process,
             ready_timeout_s=float(settings.startup_timeout_s),
             default_timeout_s=float(settings.timeout_s),
             comfy_output_dir=comfy_output,
+            snapshot=settings.snapshot,
+            environ=env,
         )
 
     # --- life cycle (@modal.enter / @modal.exit) --------------------------------------------
 
-    def start(self) -> None:
-        """Launch ComfyUI and wait until it answers; raises ComfyUIUnavailable with its log."""
+    def startup(self) -> StartupInfo:
+        """How this container came up, for the timings of the jobs that waited for it."""
+        return StartupInfo(
+            container_window=self.container_window,
+            comfy_window=self.comfy_window,
+            restored=self.restored,
+        )
+
+    def start_before_snapshot(self) -> None:
+        """``@modal.enter(snap=True)`` (or the first hook without snapshots): ComfyUI up.
+
+        With ``"cpu"`` snapshots ComfyUI stays off the GPU here; ``after_restore`` moves it.
+        """
+        entered = time.time()
+        self.container_window = (min(process_started_at(), entered), entered)
+        self._task_before_snapshot = self._environ.get("MODAL_TASK_ID") or None
+        self.start(before_snapshot=True)
+
+    def after_restore(self) -> None:
+        """``@modal.enter(snap=False)``: ComfyUI on the GPU and answering, in a restored
+        container as in the one that took the snapshot (Modal runs this hook in both)."""
+        now = time.time()
+        task = self._environ.get("MODAL_TASK_ID") or None
+        restored = (
+            self.snapshot != "off"
+            and task is not None
+            and self._task_before_snapshot is not None
+            and task != self._task_before_snapshot
+        )
+        began = now if restored or self.comfy_window is None else self.comfy_window[0]
+        if restored:
+            # The boot before the snapshot was another container's; this one's restore is
+            # Modal's work, which the container cannot time: it stays in `queued`.
+            self.container_window = None
+            log.info("container restored from a memory snapshot (task %s)", task)
+        if self.snapshot == "cpu":
+            self._to_gpu_or_restart()
+        elif restored and not self._healthy():
+            log.warning("ComfyUI does not answer after the restore; starting it again")
+            self._stop_comfyui()
+            self.start()
+            restored = False
+        self.restored = restored
+        self.comfy_window = (began, time.time())
+
+    def _to_gpu_or_restart(self) -> None:
+        """``POST /ryla/gpu`` to the deferred ComfyUI; if that fails, a fresh ComfyUI (still
+        deferred by its environment, then moved at once) rather than one left on the CPU."""
+        try:
+            self._move_to_gpu()
+        except ComfyUIUnavailable as exc:
+            log.warning("moving ComfyUI onto the GPU failed (%s); starting it again", exc)
+            self._stop_comfyui()
+            self.start()
+
+    def _move_to_gpu(self) -> None:
+        import httpx
+
+        url = self.process.base_url + GPU_ROUTE
+        try:
+            with httpx.Client(trust_env=False, timeout=_GPU_MOVE_TIMEOUT_S) as client:
+                resp = client.post(url)
+        except httpx.HTTPError as exc:
+            raise ComfyUIUnavailable(f"POST {GPU_ROUTE}: {exc}") from exc
+        if resp.status_code != 200:
+            raise ComfyUIUnavailable(
+                f"POST {GPU_ROUTE}: HTTP {resp.status_code}: {resp.text[:300]}"
+            )
+        log.info("ComfyUI moved onto the GPU: %s", resp.text[:300])
+
+    def start(self, *, before_snapshot: bool = False) -> None:
+        """Launch ComfyUI and wait until it answers; raises ComfyUIUnavailable with its log.
+
+        A GPU-deferred ComfyUI (``"cpu"`` snapshots) is moved onto the GPU at once, unless
+        this is the start a snapshot will save.
+        """
         began = time.time()
         self.process.start(ready_timeout=self.ready_timeout_s)
+        if self.snapshot == "cpu" and not before_snapshot:
+            self._move_to_gpu()
         self.comfy_window = (began, time.time())
+        if not before_snapshot:
+            self.restored = False
         self.runner = ComfyRunner(
             self.process.base_url,
             work_dir=self.work_dir,
@@ -201,7 +331,7 @@ class ModalWorker:
                     spec,
                     prepare=lambda: self._ensure_comfyui(job_id),
                     cancel_requested=lambda: self.store.cancel_requested(job_id),
-                    comfy_window=lambda: self.comfy_window,
+                    startup=self.startup,
                 )
         final = self.store.get(job_id) or record
         return final.public().model_dump(mode="json")
@@ -217,4 +347,4 @@ def _inputs(payload: Mapping[str, Any]) -> list[InputFile]:
     return files
 
 
-__all__ = ["ModalWorker"]
+__all__ = ["ModalWorker", "process_started_at"]

@@ -72,6 +72,38 @@ _EXTRA_MIME = {
 #: inputs its node does not declare, but they change the node's cache signature.
 UNCACHE_INPUT = "ryla_job_id"
 
+#: Node types whose execution is reading model weights: their time is ``model_load``, not
+#: ``executing``.  Prefixes, so variants (``CheckpointLoaderSimple``, ``UnetLoaderGGUF``) count.
+MODEL_LOADER_PREFIXES: tuple[str, ...] = (
+    "CheckpointLoader",
+    "ImageOnlyCheckpointLoader",
+    "unCLIPCheckpointLoader",
+    "LoraLoader",
+    "UNETLoader",
+    "UnetLoader",
+    "VAELoader",
+    "CLIPLoader",
+    "DualCLIPLoader",
+    "TripleCLIPLoader",
+    "QuadrupleCLIPLoader",
+    "CLIPVisionLoader",
+    "ControlNetLoader",
+    "DiffControlNetLoader",
+    "UpscaleModelLoader",
+    "StyleModelLoader",
+    "GLIGENLoader",
+    "HypernetworkLoader",
+    "PhotoMakerLoader",
+    "DiffusersLoader",
+)
+
+
+def is_model_loader(node_type: str | None) -> bool:
+    """Whether a node's run is spent loading a model (see ``MODEL_LOADER_PREFIXES``)."""
+    if not node_type:
+        return False
+    return node_type.startswith(MODEL_LOADER_PREFIXES) or node_type.endswith("ModelLoader")
+
 
 @dataclass(frozen=True)
 class InputFile:
@@ -119,6 +151,8 @@ class RunTimings:
     executing: float = 0.0
     #: downloading the output files from ComfyUI
     collecting_outputs: float = 0.0
+    #: the part of execution spent in model loader nodes (None: no loader ran, e.g. cached)
+    model_load: float | None = None
 
 
 @dataclass(frozen=True)
@@ -207,19 +241,42 @@ def uncache_sinks(workflow: Mapping[str, Any], job_id: str) -> dict[str, Any]:
 class _ProgressTracker:
     """Turns ComfyUI events into RunnerProgress values (nodes done/total, sampler steps)."""
 
-    def __init__(self, workflow: Mapping[str, Any], emit: Callable[[RunnerProgress], None]) -> None:
+    def __init__(
+        self,
+        workflow: Mapping[str, Any],
+        emit: Callable[[RunnerProgress], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.workflow = workflow
         self.total = len(workflow)
         self.emit = emit
+        self.clock = clock
         self.done: set[str] = set()
         self.current: str | None = None
         self.step: int | None = None
         self.steps: int | None = None
         self.started_at: float | None = None
+        #: seconds spent in model loader nodes (ComfyUI says `executing` when each node starts)
+        self.model_load: float | None = None
+        self._running: tuple[str, float] | None = None  # the node running now, since when
+
+    def _node_started(self, node: str | None) -> None:
+        """Close the running node's span (a loader's counts as model load), open the next."""
+        now = self.clock()
+        if self._running is not None:
+            ran, since = self._running
+            if is_model_loader(self.node_type(ran)):
+                self.model_load = (self.model_load or 0.0) + max(0.0, now - since)
+        self._running = None if node is None else (node, now)
 
     def node_type(self, node_id: str | None) -> str | None:
         node = self.workflow.get(node_id) if node_id is not None else None
         return str(node.get("class_type")) if isinstance(node, dict) else None
+
+    def finished(self) -> None:
+        """The prompt ended (its events may have stopped short): close the last span."""
+        if self._running is not None:
+            self._node_started(None)
 
     def progress(self) -> RunnerProgress:
         return RunnerProgress(
@@ -234,13 +291,14 @@ class _ProgressTracker:
 
     def on_event(self, kind: str, data: Mapping[str, Any]) -> None:
         if kind == "execution_start":
-            self.started_at = time.monotonic()
+            self.started_at = self.clock()
         elif kind == "execution_cached":
             nodes = data.get("nodes")
             if isinstance(nodes, list):
                 self.done.update(str(n) for n in nodes if n is not None)
         elif kind == "executing":
             node = data.get("node")
+            self._node_started(None if node is None else str(node))
             if self.current is not None:
                 self.done.add(self.current)
             self.current = None if node is None else str(node)
@@ -432,9 +490,13 @@ class ComfyRunner:
             if socket is not None:
                 socket.close()
         end = time.monotonic()
+        tracker.finished()
         began = t_submit if tracker.started_at is None else max(t_submit, tracker.started_at)
         timings.waiting_in_comfyui = began - t_submit
-        timings.executing = end - began
+        span = end - began
+        if tracker.model_load is not None:  # a part of the execution span, never more than it
+            timings.model_load = min(tracker.model_load, span)
+        timings.executing = span - (timings.model_load or 0.0)
         return entry
 
     def _submit(self, prompt: Mapping[str, Any], job_id: str, client_id: str) -> None:
@@ -563,6 +625,7 @@ def _safe_emitter(cb: ProgressCallback | None) -> Callable[[RunnerProgress], Non
 
 
 __all__ = [
+    "MODEL_LOADER_PREFIXES",
     "ComfyRunner",
     "InputFile",
     "OutputFile",
@@ -570,5 +633,6 @@ __all__ = [
     "RunTimings",
     "RunnerProgress",
     "guess_mime",
+    "is_model_loader",
     "uncache_sinks",
 ]

@@ -199,6 +199,20 @@ class JobSpec:
     warmup: bool = False
 
 
+@dataclass(frozen=True)
+class StartupInfo:
+    """How the worker running a job came up: epoch spans and whether it was restored.
+
+    ``container_window``: from the container's process start to its ``@modal.enter`` (None when
+    unknown, e.g. after a restore); ``comfy_window``: the last ComfyUI start, GPU move included;
+    ``restored``: that ComfyUI came from a memory snapshot (None: no start seen yet).
+    """
+
+    container_window: tuple[float, float] | None = None
+    comfy_window: tuple[float, float] | None = None
+    restored: bool | None = None
+
+
 def _overlap(window: tuple[float, float] | None, start: float, end: float) -> float:
     if window is None:
         return 0.0
@@ -244,6 +258,7 @@ class JobLifecycle:
         cancel_requested: Callable[[], bool] | None = None,
         stopping: Callable[[], bool] = _never,
         comfy_window: Callable[[], tuple[float, float] | None] | None = None,
+        startup: Callable[[], StartupInfo] | None = None,
     ) -> None:
         """Run one job to its final status.
 
@@ -252,11 +267,21 @@ class JobLifecycle:
         every ``cancel_poll_s`` to set it (the Dict store's flag).  ``stopping`` says the server
         shuts down: a job stopped then is ``failed`` (server_stopped), not ``cancelled``.
         ``comfy_window`` gives the epoch span in which this worker last started ComfyUI: the
-        part of it the job waited through is ``starting_comfyui``, not ``queued``.
+        part of it the job waited through is ``starting_comfyui``, not ``queued``.  ``startup``
+        (the Modal worker) says more: the container's own boot span (``container_start``) and
+        whether its ComfyUI came from a memory snapshot (``restored``).
         """
+        if startup is not None:
+            comfy_window = lambda: startup().comfy_window  # noqa: E731 - one source of truth
         try:
             self._run(
-                spec, prepare, cancel or threading.Event(), cancel_requested, stopping, comfy_window
+                spec,
+                prepare,
+                cancel or threading.Event(),
+                cancel_requested,
+                stopping,
+                comfy_window,
+                startup,
             )
         except Exception as exc:
             # A store write failed, or a bug of ours: the job still must not stay active.
@@ -272,12 +297,16 @@ class JobLifecycle:
         cancel_requested: Callable[[], bool] | None,
         stopping: Callable[[], bool],
         comfy_window: Callable[[], tuple[float, float] | None] | None,
+        startup: Callable[[], StartupInfo] | None = None,
     ) -> None:
         begin = self._clock()
         window = comfy_window() if comfy_window is not None else None
-        timings: dict[str, float] = {
-            "queued": max(0.0, begin - spec.created_at - _overlap(window, spec.created_at, begin))
-        }
+        boot = startup().container_window if startup is not None else None
+        booting = _overlap(boot, spec.created_at, begin)
+        waited = _overlap(window, spec.created_at, begin) + booting
+        timings: dict[str, float] = {"queued": max(0.0, begin - spec.created_at - waited)}
+        if booting > 0:
+            timings["container_start"] = booting
         if cancel.is_set() or (cancel_requested is not None and cancel_requested()):
             if stopping():
                 error = JobError(type=ERR_SERVER_STOPPED, message=STOPPED_QUEUED)
@@ -296,6 +325,9 @@ class JobLifecycle:
         timings["starting_comfyui"] = (
             _overlap(window, spec.created_at, ready) if window is not None else ready - begin
         )
+        restored = startup().restored if startup is not None else None
+        if restored is not None and timings["starting_comfyui"] > 0:
+            timings["restored"] = restored  # the job waited for that start: say what kind
         if spec.warmup:
             self._finish(spec, "succeeded", None, timings, phase="done")
             return
@@ -303,7 +335,7 @@ class JobLifecycle:
             spec.job_id,
             status="running",
             phase="uploading_inputs" if spec.inputs else "executing",
-            timings=Timings(**timings),
+            timings=Timings.model_validate(timings),
         )
         if record is None or record.status != "running":
             return  # gone, or settled meanwhile (a cancel won): that was its one final write
@@ -346,7 +378,7 @@ class JobLifecycle:
                 timeout_s=spec.timeout_s,
                 cancel=cancel,
             )
-            timings.update(vars(result.timings))
+            timings.update({k: v for k, v in vars(result.timings).items() if v is not None})
             t0 = time.monotonic()
             outputs = store_outputs(self.store, spec.job_id, result)
             timings["storing_outputs"] = time.monotonic() - t0
@@ -396,7 +428,7 @@ class JobLifecycle:
             spec.job_id,
             status,
             error,
-            timings=Timings(**{**timings, "total": total}),
+            timings=Timings.model_validate({**timings, "total": total}),
             **fields,
         )
 
@@ -441,6 +473,7 @@ __all__ = [
     "JobLifecycle",
     "JobSpec",
     "ProgressReporter",
+    "StartupInfo",
     "finish",
     "job_error",
     "log_event",

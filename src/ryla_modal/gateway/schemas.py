@@ -211,20 +211,35 @@ class JobError(_Model):
 class Timings(_Model):
     """Seconds per phase of a job.  The phases do not overlap (they add up to at most ``total``);
     a phase the job never reached is null.  ``total`` is the wall time from ``created_at`` to
-    the final status, so it is what the job took, cold start included."""
+    the final status, so it is what the job took, cold start included.  The phases, in order and
+    with their labels, are ``ryla_modal.job.TIMING_PHASES``."""
 
     queued: float | None = Field(
         default=None,
         description="accepted, not yet begun by a worker (on Modal: waiting for a GPU container)",
     )
+    container_start: float | None = Field(
+        default=None,
+        description="on Modal: the GPU container booting (Python and our code importing) until"
+        " its @modal.enter ran, while the job waited for it",
+    )
     starting_comfyui: float | None = Field(
         default=None, description="ComfyUI (re)starting while the job waited for it"
     )
-    uploading_inputs: float | None = None
+    uploading_inputs: float | None = Field(
+        default=None, description="sending the job's input files to ComfyUI"
+    )
     waiting_in_comfyui: float | None = Field(
         default=None, description="submitted, behind other prompts in ComfyUI's own queue"
     )
-    executing: float | None = None
+    model_load: float | None = Field(
+        default=None,
+        description="executing model loader nodes (CheckpointLoader*, LoraLoader*, UNETLoader,"
+        " VAELoader, CLIPLoader, ...): reading weights, mostly on a job's first run",
+    )
+    executing: float | None = Field(
+        default=None, description="the rest of ComfyUI's execution (samplers, decoders, savers)"
+    )
     collecting_outputs: float | None = Field(
         default=None, description="downloading the output files from ComfyUI"
     )
@@ -232,6 +247,11 @@ class Timings(_Model):
         default=None, description="handing the output files to the job store"
     )
     total: float | None = Field(default=None, description="created_at to the final status")
+    restored: bool | None = Field(
+        default=None,
+        description="the ComfyUI this job waited for came from a Modal memory snapshot (true)"
+        " or started cold (false); null when the job waited for no ComfyUI start",
+    )
 
 
 class Job(_Model):

@@ -86,6 +86,10 @@ class Stats:
     prompts_queued: int = 0
     prompts_executed: int = 0
     prompt_ids: list[str] = field(default_factory=list)
+    #: "cpu" while started with RYLA_COMFYUI_DEFER_GPU=1 and not yet moved (POST /ryla/gpu)
+    device: str = "gpu"
+    #: prompts that ran while the device was still "cpu": a worker that forgot the move
+    prompts_on_cpu: int = 0
 
 
 class PromptQueue:
@@ -325,6 +329,8 @@ class Engine:
             item, task_id = self.queue.get()
             with self.lock:
                 self.stats.prompts_executed += 1
+                if self.stats.device == "cpu":
+                    self.stats.prompts_on_cpu += 1
                 fault, self.fault = self.fault, Fault()
             started = time.perf_counter()
             success, messages, result = self.execute(item, fault)

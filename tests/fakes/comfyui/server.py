@@ -4,6 +4,10 @@ Every route answers as the transcripts in ``shared/comfyui-protocol/`` show, inc
 aiohttp 500 for a body that is not JSON.  Test-only routes live under ``/_fake/``:
 ``POST /_fake/fault {"fault": "none|drop-socket|die|stall", "after_node": 1}`` arms a fault for
 the next job; ``GET /_fake/stats`` counts what POST /prompt received, queued and executed.
+
+Like ComfyUI with ryla's ``ryla_snapshot`` node (``ryla_modal/cloud/snapshot_node.py``): started
+with ``RYLA_COMFYUI_DEFER_GPU=1`` it stays on the "cpu" until ``POST /ryla/gpu`` moves it (503
+with ``--gpu-move-fails``); ``/_fake/stats`` says the device and how many prompts ran on the cpu.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class StandIn:
         self.sockets: dict[str, web.WebSocketResponse] = {}  # by sid: who gets messages
         self.connections: dict[int, web.Request] = {}  # every open socket, for drop-socket
         self.client_flags: dict[str, Any] = {}
+        self.gpu_move_fails = bool(args.gpu_move_fails)
         self.engine = Engine(
             self,
             nodes,
@@ -143,6 +148,7 @@ class StandIn:
             app.router.add_route(method, path, handler)
             if path != "/":
                 app.router.add_route(method, "/api" + path, handler)  # the frontend's prefix
+        app.router.add_post("/ryla/gpu", self.ryla_gpu)
         app.router.add_post("/_fake/fault", self.fake_fault)
         app.router.add_get("/_fake/stats", self.fake_stats)
         return app
@@ -456,10 +462,22 @@ class StandIn:
         log(f"[stand-in] fault armed: {kind} after node {after}")
         return web.json_response({"fault": kind, "after_node": after})
 
+    async def ryla_gpu(self, request: web.Request) -> web.StreamResponse:
+        if self.gpu_move_fails:
+            return web.json_response(
+                {"ok": False, "device": "cpu", "error": "no CUDA device is visible"}, status=503
+            )
+        with self.engine.lock:
+            self.engine.stats.device = "gpu"
+        log("ryla_snapshot: moved onto the GPU")
+        return web.json_response({"ok": True, "device": "cuda:0", "vram_mb": 0})
+
     async def fake_stats(self, request: web.Request) -> web.StreamResponse:
         s = self.engine.stats
         return web.json_response(
             {
+                "device": s.device,
+                "prompts_on_cpu": s.prompts_on_cpu,
                 "prompts_received": s.prompts_received,
                 "prompts_queued": s.prompts_queued,
                 "prompts_executed": s.prompts_executed,
@@ -486,6 +504,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     p.add_argument("--fault-after-node", type=int, default=1, metavar="N")
     p.add_argument("--step-seconds", type=float, default=0.1, help="RylaSlowSteps default")
     p.add_argument("--node-seconds", type=float, default=0.0, help="sleep in every node run")
+    p.add_argument("--gpu-move-fails", action="store_true", help="POST /ryla/gpu answers 503")
     p.add_argument(
         "--import-failed",
         action="append",
@@ -513,6 +532,9 @@ def make_folders(args: argparse.Namespace) -> Folders:
 
 async def serve(args: argparse.Namespace, folders: Folders) -> None:
     stand_in = StandIn(folders, build_nodes(args.step_seconds), args)
+    if os.environ.get("RYLA_COMFYUI_DEFER_GPU") == "1":
+        stand_in.engine.stats.device = "cpu"
+        log("ryla_snapshot: GPU deferred until POST /ryla/gpu")
     runner = web.AppRunner(stand_in.app(), access_log=None)
     await runner.setup()
     hosts = [h for h in str(args.listen).split(",") if h]
