@@ -459,6 +459,21 @@ def test_a_pending_call_leaves_the_job_alone_and_lookups_are_throttled(
     assert call.gets == 2
 
 
+def test_modals_builtin_timeout_means_no_result_yet_without_a_warning(
+    gateway_store: DictJobStore,
+    executor: ModalExecutor,
+    fake_modal: FakeModal,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """modal 1.6.4's ``FunctionCall.get(timeout=0)`` raises the built-in TimeoutError (an
+    OSError), not ``modal.exception.TimeoutError``: still "running", and nothing to warn about."""
+    record = started_job(gateway_store, executor)
+    fake_modal.calls["fc-1"].error = TimeoutError()
+    with caplog.at_level("WARNING", logger="ryla_modal.gateway"):
+        assert executor.check(record).status == "queued"
+    assert caplog.records == []
+
+
 @pytest.mark.parametrize(
     ("error", "status", "error_type", "words"),
     [

@@ -188,8 +188,10 @@ class ModalExecutor:
             )
         except mx.OutputExpiredError:
             return self._lost(record, "its result expired")
-        except mx.TimeoutError:
-            return record  # no result yet: queued for a GPU or running
+        except (mx.TimeoutError, TimeoutError):
+            # No result yet: queued for a GPU or running.  modal 1.6.4 raises the built-in
+            # TimeoutError here (an OSError, so it must be caught before the next line).
+            return record
         except (mx.ConnectionError, mx.ServiceError, mx.InternalError, OSError) as exc:
             log.warning("job %s: cannot look at %s now: %s", record.job_id, record.call_id, exc)
             return record  # our side's trouble, not the job's: look again later

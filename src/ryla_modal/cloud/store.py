@@ -156,7 +156,7 @@ async def modal_call_waiter(call_id: str, wait_s: float) -> bool:
     call = modal.FunctionCall.from_id(call_id)
     try:
         await call.get.aio(timeout=max(0.0, wait_s))
-    except mx.TimeoutError:
+    except (mx.TimeoutError, TimeoutError):  # modal 1.6.4 raises the built-in one
         return False
     except (mx.ConnectionError, OSError):
         raise  # our side's trouble: the caller falls back to the poll
