@@ -79,6 +79,10 @@ def test_generate_saves_outputs_and_prints_their_paths(gateway: Gateway, tmp_pat
     assert len(manifests) == 1
     # progress went to stderr as plain lines (no terminal here), never to stdout
     assert "submitted job" in proc.stderr and "done" in proc.stderr
+    # and where the time went, click to file: the job's phases, then the download
+    (summary,) = [line for line in proc.stderr.splitlines() if " s: queued " in line]
+    assert " · executing " in summary and summary.rstrip().endswith(" s"), summary
+    assert " · downloaded " in summary, summary
 
 
 def test_generate_json_is_ndjson_with_a_final_result(gateway: Gateway, tmp_path: Path) -> None:
@@ -101,6 +105,7 @@ def test_generate_json_is_ndjson_with_a_final_result(gateway: Gateway, tmp_path:
     assert events[-1]["type"] == "result" and events[-1]["failed"] == 0
     job = events[-1]["jobs"][0]
     assert job["status"] == "succeeded" and len(job["files"]) == 1
+    assert job["timings"]["executing"] is not None and job["timings"]["downloaded"] >= 0
     manifest = json.loads((tmp_path / job["manifest"]).read_text())
     assert manifest["workflow"]["3"]["inputs"]["sigma"] == 2.5
     assert {e["type"] for e in events} >= {"submitted", "update", "saved", "done", "result"}

@@ -15,7 +15,7 @@ from ryla_modal.errors import EXIT_INTERRUPTED, EXIT_TIMEOUT, RylaError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ryla_modal.cli._render import Renderer
-    from ryla_modal.client import GenerateResult, InputUpload, RylaClient
+    from ryla_modal.client import GenerateResult, InputUpload, JobEvent, RylaClient
     from ryla_modal.job import Job
     from ryla_modal.workflow import Workflow
 
@@ -53,6 +53,7 @@ class _Plan:
     result: GenerateResult | None = None
     error: RylaError | None = None
     finished: bool = False
+    downloaded_s: float | None = None  # the client's own phase, after the job's timings
 
 
 @click.command(
@@ -243,7 +244,7 @@ def _run(
                         job_id=plan.job_id,
                         inputs=uploads,
                         out_dir=out,
-                        on_event=lambda ev: renderer.event(plan.label, ev),
+                        on_event=lambda ev: _seen(plan, ev, renderer),
                         manifest_extra={"seeds": plan.seeds},
                     )
             except RylaError as exc:
@@ -279,6 +280,9 @@ def _report(plans: list[_Plan], *, no_wait: bool, as_json: bool) -> int:
         for p in plans:
             for f in p.result.files if p.result else []:
                 print(f.path)
+            if p.result is not None:  # where the time went, cold start included
+                timings = p.result.job.timings.summary(downloaded=p.downloaded_s)
+                note(timings if len(plans) == 1 else f"{p.label}: {timings}")
     if len(plans) > 1 and not as_json:
         _summary(plans)
     if len(plans) == 1 and failed:
@@ -288,11 +292,17 @@ def _report(plans: list[_Plan], *, no_wait: bool, as_json: bool) -> int:
     return failed[0].error.exit_code if failed and failed[0].error else 0
 
 
+def _seen(plan: _Plan, ev: JobEvent, renderer: Renderer) -> None:
+    if ev.kind == "saved":  # elapsed since the download began: the downloaded phase so far
+        plan.downloaded_s = ev.elapsed_s
+    renderer.event(plan.label, ev)
+
+
 def _plan_json(p: _Plan) -> dict[str, Any]:
     data: dict[str, Any] = {"label": p.label, "job_id": p.job_id, "seeds": p.seeds}
     if p.result is not None:
         data["status"] = p.result.job.status
-        data["timings"] = p.result.job.timings.to_dict()
+        data["timings"] = {**p.result.job.timings.to_dict(), "downloaded": p.downloaded_s}
         data["files"] = [str(f.path) for f in p.result.files]
         data["manifest"] = str(p.result.manifest) if p.result.manifest else None
     if p.error is not None:
