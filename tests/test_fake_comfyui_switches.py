@@ -185,6 +185,8 @@ def test_stats_count_what_post_prompt_received(launch_stub: Launch) -> None:
         "prompts_queued": 1,
         "prompts_executed": 1,
         "prompt_ids": ["bad-1", good],
+        "device": "gpu",  # not started with RYLA_COMFYUI_DEFER_GPU=1
+        "prompts_on_cpu": 0,
     }
 
 
