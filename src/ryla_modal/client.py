@@ -89,6 +89,29 @@ class JobEvent:
     elapsed_s: float
     output: SavedOutput | None = None
 
+    def __str__(self) -> str:
+        """One readable line, so ``on_event=print`` shows the progress (the README's example).
+
+        ``12.3s  update  3f2c…  running · executing · node 2/5 KSampler · step 7/20``
+        """
+        job = self.job
+        parts: list[str] = [job.status]
+        if job.phase and job.phase != "done":
+            parts.append(job.phase.replace("_", " "))
+        p = job.progress
+        if p is not None and p.nodes_total and job.status == "running":
+            node = f"node {min(p.nodes_done + 1, p.nodes_total)}/{p.nodes_total}"
+            parts.append(node + (f" {p.node_type}" if p.node_type else ""))
+            if p.step is not None and p.steps:
+                parts.append(f"step {p.step}/{p.steps}")
+        if job.status == "succeeded":
+            parts.append(f"{len(job.outputs)} output(s)")
+        if job.error is not None:
+            parts.append(f"{job.error.type}: {job.error.message}".splitlines()[0])
+        if self.output is not None:
+            parts.append(f"saved {self.output.path}")
+        return f"{self.elapsed_s:6.1f}s  {self.kind:<11} {job.job_id}  {' · '.join(parts)}"
+
 
 @dataclass(frozen=True)
 class GenerateResult:

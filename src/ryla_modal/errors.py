@@ -33,7 +33,9 @@ class RylaError(Exception):
             self.hint = hint
 
     def __str__(self) -> str:
-        return self.message
+        # A Python user sees str() in a traceback: the hint belongs there too.  The CLI prints
+        # ``message`` and ``hint`` itself (cli/_errors.py).
+        return f"{self.message}\nhint: {self.hint}" if self.hint else self.message
 
 
 class ConfigError(RylaError):

@@ -23,11 +23,19 @@ if TYPE_CHECKING:  # pragma: no cover
 COLD_START_NOTE = "waiting for a GPU container (cold starts take 2-5 min)"
 
 
-def describe(job: Job) -> str:
-    """One short phrase for where a job is."""
+def describe(job: Job, kind: str = "update") -> str:
+    """One short phrase for where a job is.
+
+    "done" is said once, by the ``done`` event after the outputs are saved; the update that
+    reports success says the job finished on the server.
+    """
     p = job.progress
-    if job.status == "succeeded":
+    if kind == "done":
         return f"done: {len(job.outputs)} output(s)"
+    if kind == "downloading":
+        return "downloading outputs"
+    if job.status == "succeeded":
+        return f"finished on the server: {len(job.outputs)} output(s)"
     if job.status == "failed":
         return f"failed: {job.error.message if job.error else 'unknown error'}"
     if job.status == "cancelled":
@@ -96,12 +104,10 @@ class PlainRenderer:
         if ev.kind == "saved" and ev.output is not None:
             note(f"[{label}] saved {ev.output.path}")
             return
-        if ev.kind == "downloading":
-            text = "downloading outputs"
-        elif ev.kind == "submitted":
+        if ev.kind == "submitted":
             text = f"submitted job {ev.job.job_id}"
         else:
-            text = describe(ev.job)
+            text = describe(ev.job, ev.kind)
         if self._last.get(label) != text:
             self._last[label] = text
             note(f"[{label}] {_clock(ev.elapsed_s)} {text}")
@@ -146,7 +152,7 @@ class LiveRenderer:
         if ev.kind == "saved" and ev.output is not None:
             self._progress.console.print(f"saved {ev.output.path}", markup=False, highlight=False)
             return
-        description = "downloading outputs" if ev.kind == "downloading" else describe(job)
+        description = describe(job, ev.kind)
         if p is not None and p.step is not None and p.steps:
             self._progress.update(task, description=description, total=p.steps, completed=p.step)
         elif job.status in ("succeeded", "failed", "cancelled"):

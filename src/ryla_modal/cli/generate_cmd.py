@@ -5,13 +5,21 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import click
+import typer
 
-from ryla_modal import defaults
-from ryla_modal.cli._output import examples, note, print_json
-from ryla_modal.errors import EXIT_INTERRUPTED, EXIT_TIMEOUT, RylaError
+from ryla_modal.cli import _options as opt
+from ryla_modal.cli._output import (
+    DEFAULT_OUT,
+    command_line,
+    deadline_kwargs,
+    doc,
+    examples,
+    note,
+    print_json,
+)
+from ryla_modal.errors import EXIT_INTERRUPTED, EXIT_TIMEOUT, RylaError, RylaTimeout
 
 if TYPE_CHECKING:  # pragma: no cover
     from ryla_modal.cli._render import Renderer
@@ -27,21 +35,33 @@ takes 2-5 minutes), starting ComfyUI, node i/n, sampler steps, downloading.  Fil
 --out with a manifest per job; nothing is ever overwritten.
 
 A network error never runs the job twice: the job id is made here and the server keeps one job per
-id.  Ctrl-C stops waiting but not the job; `ryla jobs wait JOB_ID` picks it up again.
+id.  Ctrl-C stops waiting but not the job; the command it prints (ryla jobs wait JOB_ID) picks it
+up again.  --timeout bounds the whole command; --cold-start-timeout and --execution-timeout bound
+the job's two phases.
 
 --json prints NDJSON on stdout: one {{"type": "submitted"|"update"|"downloading"|"saved"|"done"}}
 object per event, then {{"type": "result", "jobs": [...], "failed": N}}.
 
 Exit codes: 0 ok, 1 other, 2 usage, 3 workflow invalid, 4 execution failed, 5 auth/config,
-{EXIT_TIMEOUT} timed out (the job keeps running), 130 interrupted.
-"""
+{EXIT_TIMEOUT} timed out (the job keeps running), 130 interrupted."""
 
 GENERATE_EXAMPLES = examples(
     "ryla generate examples/workflows/sd15_txt2img.json",
     'ryla generate wf.json --set 6.text="a red fox in the snow" --seed random --count 4',
     "ryla generate wf.json --input photo.png --set LoadImage.image=photo.png --out renders",
     "ryla generate wf.json --no-wait --json",
+    "ryla generate wf.json --timeout 900 --cold-start-timeout 600",
 )
+
+app = typer.Typer(rich_markup_mode="rich", add_completion=False)
+
+#: the first bytes of image files people pass by mistake (ComfyUI saves PNGs with the workflow)
+_IMAGE_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF8": "GIF",
+    b"RIFF": "WebP",
+}
 
 
 @dataclass
@@ -56,108 +76,162 @@ class _Plan:
     downloaded_s: float | None = None  # the client's own phase, after the job's timings
 
 
-@click.command(
-    "generate",
-    help=GENERATE_HELP,
-    epilog=GENERATE_EXAMPLES,
-)
-@click.argument("workflow", metavar="WORKFLOW")
-@click.option(
-    "--endpoint",
-    metavar="URL",
-    help="Gateway URL (default: RYLA_ENDPOINT, ryla.toml, last deploy).",
-)
-@click.option(
-    "--set",
-    "overrides",
-    metavar="NODE.INPUT=VALUE",
-    multiple=True,
-    help="Change one input; NODE is an id, a unique class_type or a title. Repeatable.",
-)
-@click.option("--seed", metavar="N|random", help="Seed for every sampler: a number, or 'random'.")
-@click.option(
-    "--input",
-    "inputs",
-    metavar="FILE",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="A file for ComfyUI's input folder (LoadImage by its name). Repeatable.",
-)
-@click.option(
-    "--out",
-    "-o",
-    metavar="DIR",
-    type=click.Path(path_type=Path),
-    default=Path("outputs"),
-    help="Folder for outputs.",
-)
-@click.option(
-    "--count", "-n", metavar="N", type=click.IntRange(1, 1000), default=1, help="How many jobs."
-)
-@click.option(
-    "--concurrency", metavar="C", type=click.IntRange(1, 64), default=4, help="Jobs at once."
-)
-@click.option(
-    "--timeout",
-    metavar="S",
-    type=click.FloatRange(min=1),
-    help=f"Execution budget in seconds [default: {defaults.EXECUTION_TIMEOUT_S:g}].",
-)
-@click.option(
-    "--cold-start-timeout",
-    metavar="S",
-    type=click.FloatRange(min=1),
-    help="Budget for a GPU container to pick the job up, in seconds"
-    f" [default: {defaults.COLD_START_TIMEOUT_S:g}].",
-)
-@click.option("--no-wait", is_flag=True, help="Submit, print the job ids, exit.")
-@click.option("--json", "as_json", is_flag=True, help="NDJSON events and a result on stdout.")
+@app.command("generate", help=doc(GENERATE_HELP), epilog=GENERATE_EXAMPLES)
 def generate_cmd(
-    workflow: str,
-    endpoint: str | None,
-    overrides: tuple[str, ...],
-    seed: str | None,
-    inputs: tuple[Path, ...],
-    out: Path,
-    count: int,
-    concurrency: int,
-    timeout: float | None,
-    cold_start_timeout: float | None,
-    no_wait: bool,
-    as_json: bool,
+    workflow: Annotated[
+        str,
+        typer.Argument(
+            metavar="WORKFLOW", help="Workflow JSON file, or - for stdin.", show_default=False
+        ),
+    ],
+    overrides: opt.Overrides = None,
+    seed: Annotated[
+        str | None,
+        typer.Option(
+            "--seed",
+            metavar="N|random",
+            help="Seed for every sampler: a number, or 'random'.",
+            rich_help_panel=opt.WORKFLOW,
+        ),
+    ] = None,
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--input",
+            metavar="FILE",
+            help="A file for ComfyUI's input folder (LoadImage by its name). Repeatable.",
+            rich_help_panel=opt.WORKFLOW,
+        ),
+    ] = None,
+    count: Annotated[
+        int,
+        typer.Option(
+            "--count",
+            "-n",
+            metavar="N",
+            min=1,
+            max=1000,
+            help="How many jobs.",
+            rich_help_panel=opt.WORKFLOW,
+        ),
+    ] = 1,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            "--concurrency",
+            metavar="C",
+            min=1,
+            max=64,
+            help="Jobs at once.",
+            rich_help_panel=opt.WORKFLOW,
+        ),
+    ] = 4,
+    timeout: opt.ApiTimeout = None,
+    cold_start_timeout: opt.ColdStartTimeout = None,
+    execution_timeout: opt.ExecutionTimeout = None,
+    out: opt.Out = DEFAULT_OUT,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait", help="Submit, print the job ids, exit.", rich_help_panel=opt.OUTPUT
+        ),
+    ] = False,
+    as_json: opt.Json = False,
+    endpoint: opt.Endpoint = None,
 ) -> int:
+    # Everything that can be told from the command line alone is checked before the endpoint
+    # is looked up: a typo should not need a deployment to be found.
+    check_workflow_arg(workflow)
+    parsed = parse_overrides(overrides or [])
+    base_seed = _parse_seed(seed)
+    paths = inputs or []
+    for path in paths:
+        if not path.is_file():
+            raise typer.BadParameter(f"{str(path)!r}: no such file", param_hint="--input")
+
     from ryla_modal.client import InputUpload, RylaClient
 
-    uploads: list[InputUpload] = []
-    for path in inputs:
-        if not path.is_file():
-            raise click.BadParameter(f"{path}: no such file", param_hint="--input")
-        uploads.append(InputUpload.from_path(path))
+    uploads = [InputUpload.from_path(path) for path in paths]
     wf = load_for_endpoint(workflow, endpoint)
-    client = RylaClient(endpoint, cold_start_timeout=cold_start_timeout, execution_timeout=timeout)
-    if overrides:
-        wf = wf.with_overrides(overrides)
-    plans = _plans(wf, seed, count)
+    if parsed:
+        wf = wf.with_overrides(parsed)
+    plans = _plans(wf, seed, base_seed, count)
+    client = RylaClient(
+        endpoint, cold_start_timeout=cold_start_timeout, execution_timeout=execution_timeout
+    )
     from ryla_modal.cli._render import make_renderer
 
     renderer = make_renderer(as_json=as_json)
     try:
         with client:
-            _run(client, plans, uploads, out, concurrency, no_wait, renderer)
+            _run(client, plans, uploads, out, concurrency, no_wait, timeout, renderer)
     except KeyboardInterrupt:
         renderer.close()
         pending = [p for p in plans if not p.finished]
         note("stopped waiting; the jobs keep running. Resume with:")
         for plan in pending:
-            note(f"  ryla jobs wait {plan.job_id} --out {out}")
+            note("  " + command_line("jobs", "wait", plan.job_id, endpoint=endpoint, out=out))
         return EXIT_INTERRUPTED
     renderer.close()
-    return _report(plans, no_wait=no_wait, as_json=as_json)
+    return _report(plans, no_wait=no_wait, as_json=as_json, endpoint=endpoint, out=out)
+
+
+def check_workflow_arg(source: str) -> None:
+    """A missing file is a usage error (exit 2); an image is not a workflow (exit 3)."""
+    if source == "-":
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise typer.BadParameter(f"{source!r}: no such file", param_hint="WORKFLOW")
+    if path.is_dir():
+        raise typer.BadParameter(
+            f"{source!r} is a folder, not a workflow file", param_hint="WORKFLOW"
+        )
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return  # the loader says why it cannot be read
+    for magic, kind in _IMAGE_MAGIC.items():
+        if head.startswith(magic):
+            from ryla_modal.errors import WorkflowFormatError
+
+            raise WorkflowFormatError(
+                f"is a {kind} image, not a workflow JSON file",
+                source=source,
+                hint="in ComfyUI: Workflow → Export (API), and pass that .json file",
+            )
+
+
+def parse_overrides(texts: list[str]) -> list[Any]:
+    """``--set`` values parsed up front: a malformed one is a usage error (exit 2)."""
+    from ryla_modal.errors import WorkflowFormatError
+    from ryla_modal.workflow import parse_override
+
+    parsed = []
+    for text in texts:
+        try:
+            parsed.append(parse_override(text))
+        except WorkflowFormatError as exc:
+            message = exc.message + (f" ({exc.hint})" if exc.hint else "")
+            raise typer.BadParameter(message, param_hint="--set") from None
+    return parsed
+
+
+def _parse_seed(seed: str | None) -> int | None:
+    if seed is None or seed == "random":
+        return None
+    try:
+        return int(seed)
+    except ValueError:
+        raise typer.BadParameter(
+            f"must be a whole number or 'random', not {seed!r}", param_hint="--seed"
+        ) from None
 
 
 def load_for_endpoint(source: str, endpoint: str | None) -> Workflow:
     """Load API format; convert UI format with the deployment's object_info."""
-    from ryla_modal.errors import WorkflowFormatError
+    from ryla_modal.errors import ConfigError, WorkflowFormatError
     from ryla_modal.workflow import Workflow, is_ui_format
 
     try:
@@ -172,11 +246,18 @@ def load_for_endpoint(source: str, endpoint: str | None) -> Workflow:
         try:
             with RylaClient(endpoint) as client:
                 object_info = client.object_info()
+        except ConfigError as inner:  # no endpoint: say how to get one
+            raise WorkflowFormatError(
+                f"{source} is a UI-format workflow; converting it needs a deployment's node"
+                f" definitions, and {inner.message}",
+                hint="deploy one (`ryla deploy`) or pass --endpoint URL; or export the API"
+                " format: Workflow → Export (API) in ComfyUI",
+            ) from exc
         except RylaError as inner:
             raise WorkflowFormatError(
                 f"{source} is a UI-format workflow; converting it needs the deployment's node"
                 f" definitions, but the server could not be asked: {inner.message}",
-                hint="start the deployment (`ryla health --wake`) or export the API format:"
+                hint="check the endpoint (`ryla health`), or export the API format:"
                 " Workflow → Export (API) in ComfyUI",
             ) from exc
         return Workflow(convert_ui_workflow(raw, object_info, source=source), source=source)
@@ -193,20 +274,14 @@ def _read_json_quietly(source: str) -> Any:
         return None
 
 
-def _plans(wf: Workflow, seed: str | None, count: int) -> list[_Plan]:
+def _plans(wf: Workflow, seed: str | None, base: int | None, count: int) -> list[_Plan]:
     """One plan per job; with --count the seeds vary (random, or seed, seed+1, ...)."""
     plans: list[_Plan] = []
     for i in range(count):
         label = f"job {i + 1}/{count}" if count > 1 else "job"
         this = wf
         seeds: dict[str, int] = {}
-        if seed is not None and seed != "random":
-            try:
-                base = int(seed)
-            except ValueError:
-                raise click.BadParameter(
-                    f"must be a whole number or 'random', not {seed!r}", param_hint="--seed"
-                ) from None
+        if base is not None:
             this, seeds = wf.with_seed(base + i)
         elif seed == "random" or (count > 1 and wf.seed_inputs()):
             this, seeds = wf.with_seed("random")
@@ -221,6 +296,7 @@ def _run(
     out: Path,
     concurrency: int,
     no_wait: bool,
+    timeout: float | None,
     renderer: Renderer,
 ) -> None:
     """Run the plans, ``concurrency`` at a time, on daemon threads.
@@ -236,8 +312,14 @@ def _run(
     def one(plan: _Plan) -> None:
         with gate:
             try:
+                # --timeout is one deadline for the whole command: each job gets what is left
                 if no_wait:
-                    client.submit(plan.workflow, job_id=plan.job_id, inputs=uploads)
+                    client.submit(
+                        plan.workflow,
+                        job_id=plan.job_id,
+                        inputs=uploads,
+                        **deadline_kwargs(timeout),
+                    )
                 else:
                     plan.result = client.generate(
                         plan.workflow,
@@ -246,6 +328,7 @@ def _run(
                         out_dir=out,
                         on_event=lambda ev: _seen(plan, ev, renderer),
                         manifest_extra={"seeds": plan.seeds},
+                        **deadline_kwargs(timeout),
                     )
             except RylaError as exc:
                 plan.error = exc
@@ -264,7 +347,9 @@ def _run(
             t.join(timeout=0.2)
 
 
-def _report(plans: list[_Plan], *, no_wait: bool, as_json: bool) -> int:
+def _report(
+    plans: list[_Plan], *, no_wait: bool, as_json: bool, endpoint: str | None, out: Path
+) -> int:
     failed = [p for p in plans if p.error is not None]
     if as_json:
         print_json(
@@ -274,8 +359,12 @@ def _report(plans: list[_Plan], *, no_wait: bool, as_json: bool) -> int:
         for p in plans:
             if p.error is None:
                 print(p.job_id)
-        if not failed:
-            note(f"follow with: ryla jobs wait {plans[0].job_id}")
+        for p in plans:
+            if p.error is None:
+                note(
+                    "follow with: "
+                    + command_line("jobs", "wait", p.job_id, endpoint=endpoint, out=out)
+                )
     else:
         for p in plans:
             for f in p.result.files if p.result else []:
@@ -285,10 +374,19 @@ def _report(plans: list[_Plan], *, no_wait: bool, as_json: bool) -> int:
                 note(timings if len(plans) == 1 else f"{p.label}: {timings}")
     if len(plans) > 1 and not as_json:
         _summary(plans)
+    for p in failed:
+        assert p.error is not None
+        if isinstance(p.error, RylaTimeout):
+            p.error = timed_out(p.error, p.job_id, endpoint=endpoint, out=out)
     if len(plans) == 1 and failed:
         raise failed[0].error  # type: ignore[misc]  # the top-level handler prints it
     for p in failed:
-        note(f"{p.label} ({p.job_id}): {p.error}")
+        assert p.error is not None
+        first = p.error.message.split("\n", 1)[0]
+        note(
+            f"{p.label} ({p.job_id}): {first}"
+            + (f" — hint: {p.error.hint}" if p.error.hint else "")
+        )
     return failed[0].error.exit_code if failed and failed[0].error else 0
 
 
@@ -296,6 +394,33 @@ def _seen(plan: _Plan, ev: JobEvent, renderer: Renderer) -> None:
     if ev.kind == "saved":  # elapsed since the download began: the downloaded phase so far
         plan.downloaded_s = ev.elapsed_s
     renderer.event(plan.label, ev)
+
+
+def timed_out(
+    err: RylaTimeout, job_id: str | None, *, endpoint: str | None, out: Path | None
+) -> RylaTimeout:
+    """The deadline's error, saying which phase ran out, the job, and how to resume it."""
+    job_id = getattr(err, "job_id", None) or job_id
+    phase = getattr(err, "phase", None)
+    phase = str(phase).replace("_", " ") if phase else _phase_of(err)
+    text = f"deadline passed{f' during {phase}' if phase else ''}"
+    if job_id:
+        text += f"; job {job_id} keeps running on the server"
+    text += f" ({err.message})" if err.message else ""
+    hint = None
+    if job_id:
+        hint = "resume with: " + command_line("jobs", "wait", job_id, endpoint=endpoint, out=out)
+    return RylaTimeout(text, job_id=job_id, hint=hint or err.hint)
+
+
+def _phase_of(err: RylaTimeout) -> str | None:
+    from ryla_modal.errors import ColdStartTimeout, ExecutionTimeout
+
+    if isinstance(err, ColdStartTimeout):
+        return "the cold start"
+    if isinstance(err, ExecutionTimeout):
+        return "execution"
+    return None
 
 
 def _plan_json(p: _Plan) -> dict[str, Any]:

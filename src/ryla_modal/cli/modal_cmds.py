@@ -13,47 +13,26 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import click
+import typer
 
 from ryla_modal import defaults
-from ryla_modal.cli._output import examples
+from ryla_modal.cli import _options as opt
+from ryla_modal.cli._output import budget, doc, examples
 from ryla_modal.errors import EXIT_INTERRUPTED, EXIT_TIMEOUT, EXIT_USAGE
 
 if TYPE_CHECKING:  # pragma: no cover
     from ryla_modal.deploy.modal_cli import LogsResult
 
 
-def _process_age() -> float:
-    """Seconds since this process started (Linux /proc), or 0.0 when that cannot be told.
-
-    Only a fresh process counts: if we were imported into a long-running one (a script calling
-    ``main()``), its age says nothing about this command, so anything over a few seconds is
-    ignored.
-    """
-    try:
-        with open("/proc/self/stat", encoding="ascii", errors="replace") as fh:
-            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime", encoding="ascii") as fh:
-            uptime = float(fh.read().split()[0])
-        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return age if 0.0 <= age < 5.0 else 0.0
-
-
-# A deadline counts from when the user started `ryla`, not from when modal started: the
-# interpreter and our imports take a hundred milliseconds or more before any command runs.
-_STARTED = time.monotonic() - _process_age()
-
 # `ryla logs APP | head` closes our stdout early: leave quietly, the way a killed pipe writer does.
 _EXIT_BROKEN_PIPE = 141
 _EXIT_TERMINATED = 128 + signal.SIGTERM
 
-_ENV_HELP = "Modal environment (default: the profile's)."
+_FILTERS = "Filters"
+_SOURCES = ("stdout", "stderr", "system")
 
 LOGS_HELP = f"""Print an app's recent logs, or follow them, and always return by the deadline.
 
@@ -115,7 +94,7 @@ def _interruptible(func: Callable[..., int]) -> Callable[..., int]:
     """Ctrl-C or SIGTERM: stop the modal process group, say so, exit 130 (143 for SIGTERM).
 
     SIGTERM is turned into the same path as Ctrl-C, so `timeout 60 ryla logs -f` does not orphan
-    a `modal` process.  click would turn a KeyboardInterrupt into a bare Abort.
+    a `modal` process.  typer would turn a KeyboardInterrupt into a silent exit 130.
     """
 
     @functools.wraps(func)
@@ -142,84 +121,164 @@ def _interruptible(func: Callable[..., int]) -> Callable[..., int]:
     return wrapper
 
 
-_env_option = click.option("--env", "-e", "environment", metavar="ENV", help=_ENV_HELP)
+# --- ryla logs ------------------------------------------------------------------------------------
+
+logs_app = typer.Typer(rich_markup_mode="rich", add_completion=False)
 
 
-def _timeout_option(default: float, minimum: float = 0.1) -> Callable[[Any], Any]:
-    return click.option(
-        "--timeout",
-        "-t",
-        metavar="S",
-        type=click.FloatRange(min=minimum),
-        default=default,
-        help="Hard deadline in seconds.",
+@logs_app.command("logs", help=doc(LOGS_HELP), epilog=LOGS_EXAMPLES)
+@_interruptible
+def logs_cmd(
+    app_name: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="APP",
+            help="App name or id.",
+            show_default="RYLA_APP, the last `ryla deploy`, ryla-comfyui",
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, opt.modal_timeout(defaults.MODAL_LOGS_TIMEOUT_S)
+    ] = defaults.MODAL_LOGS_TIMEOUT_S,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", "-f", help="Stream until --timeout.", rich_help_panel=opt.OUTPUT),
+    ] = False,
+    tail: Annotated[
+        int | None,
+        typer.Option(
+            "--tail", metavar="N", min=1, help="The last N entries.", rich_help_panel=_FILTERS
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="WHEN",
+            help="Start: '1h', '2d' or ISO 8601.",
+            rich_help_panel=_FILTERS,
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            "--until", metavar="WHEN", help="End: same forms as --since.", rich_help_panel=_FILTERS
+        ),
+    ] = None,
+    search: Annotated[
+        str | None,
+        typer.Option(
+            "--search", metavar="TEXT", help="Only lines containing TEXT.", rich_help_panel=_FILTERS
+        ),
+    ] = None,
+    function_call: Annotated[
+        str | None,
+        typer.Option(
+            "--function-call",
+            metavar="ID",
+            help="Only this FunctionCall (fc-…).",
+            rich_help_panel=_FILTERS,
+        ),
+    ] = None,
+    container: Annotated[
+        str | None,
+        typer.Option(
+            "--container",
+            metavar="ID",
+            help="Only this container (ta-…).",
+            rich_help_panel=_FILTERS,
+        ),
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            metavar="STREAM",
+            help="Only this stream: stdout, stderr or system.",
+            rich_help_panel=_FILTERS,
+        ),
+    ] = None,
+    timestamps: Annotated[
+        bool,
+        typer.Option(
+            "--timestamps", help="Prefix each line with its time.", rich_help_panel=opt.OUTPUT
+        ),
+    ] = False,
+    retries: Annotated[
+        int,
+        typer.Option(
+            "--retries",
+            metavar="N",
+            min=0,
+            help="Extra attempts for transient failures.",
+            rich_help_panel=opt.DEADLINES,
+        ),
+    ] = defaults.MODAL_RETRIES,
+    environment: opt.Environment = None,
+    as_json: opt.Json = False,
+) -> int:
+    if follow and (since or until or tail is not None):
+        raise typer.BadParameter("--follow cannot be combined with --since, --until or --tail")
+    if source is not None and source not in _SOURCES:
+        raise typer.BadParameter(
+            f"{source!r} is not one of {', '.join(_SOURCES)}", param_hint="--source"
+        )
+    return run_modal_logs(
+        app_name or _default_app(),
+        timeout=timeout,
+        follow=follow,
+        tail=tail,
+        since=since,
+        until=until,
+        search=search,
+        function_call=function_call,
+        container=container,
+        source=source,
+        timestamps=timestamps,
+        retries=retries,
+        environment=environment,
+        as_json=as_json,
     )
 
 
-# --- ryla logs ------------------------------------------------------------------------------------
+def emit_line(line: str, *, as_json: bool) -> None:
+    """One log line on stdout, as text or as a JSON record."""
+    if as_json:
+        sys.stdout.write(json.dumps({"type": "line", "line": line}, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
-@click.command("logs", help=LOGS_HELP, epilog=LOGS_EXAMPLES)
-@click.argument("app_name", metavar="[APP]", required=False)
-@_timeout_option(defaults.MODAL_LOGS_TIMEOUT_S)
-@click.option("--tail", "-n", metavar="N", type=click.IntRange(min=1), help="The last N entries.")
-@click.option("--since", metavar="WHEN", help="Start: '1h', '2d' or ISO 8601.")
-@click.option("--until", metavar="WHEN", help="End: same forms as --since.")
-@click.option("--search", metavar="TEXT", help="Only lines containing TEXT.")
-@click.option("--function-call", metavar="ID", help="Only this FunctionCall (fc-…).")
-@click.option("--container", metavar="ID", help="Only this container (ta-…).")
-@click.option(
-    "--source",
-    type=click.Choice(["stdout", "stderr", "system"]),
-    help="Only this stream.",
-)
-@click.option("--timestamps", is_flag=True, help="Prefix each line with its time.")
-@click.option("--follow", "-f", is_flag=True, help="Stream until --timeout.")
-@click.option(
-    "--retries",
-    metavar="N",
-    type=click.IntRange(min=0),
-    default=defaults.MODAL_RETRIES,
-    help="Extra attempts for transient failures.",
-)
-@_env_option
-@click.option("--json", "as_json", is_flag=True, help="NDJSON on stdout (see above).")
-@_interruptible
-def logs_cmd(
-    app_name: str | None,
+def run_modal_logs(
+    app_name: str,
+    *,
     timeout: float,
-    tail: int | None,
-    since: str | None,
-    until: str | None,
-    search: str | None,
-    function_call: str | None,
-    container: str | None,
-    source: str | None,
-    timestamps: bool,
     follow: bool,
-    retries: int,
-    environment: str | None,
     as_json: bool,
+    tail: int | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    search: str | None = None,
+    function_call: str | None = None,
+    container: str | None = None,
+    source: str | None = None,
+    timestamps: bool = False,
+    retries: int = defaults.MODAL_RETRIES,
+    environment: str | None = None,
+    end: dict[str, Any] | None = None,
 ) -> int:
-    if follow and (since or until or tail is not None):
-        raise click.BadParameter("--follow cannot be combined with --since, --until or --tail")
+    """`modal app logs` under the hard deadline; `ryla logs` and `ryla jobs logs` share it."""
     from ryla_modal.deploy.modal_cli import ModalCLI
 
-    app_name = app_name or _default_app()
-
     def on_line(stream: str, line: str) -> None:
-        if stream != "stdout":
-            return  # modal's own messages: shown at the end or inside the error
-        if as_json:
-            sys.stdout.write(json.dumps({"type": "line", "line": line}, ensure_ascii=False) + "\n")
-        else:
-            sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        if stream == "stdout":  # modal's own messages: shown at the end or inside the error
+            emit_line(line, as_json=as_json)
 
     try:
         result = ModalCLI(retries=retries).logs(
             app_name,
-            timeout=_budget(timeout),
+            timeout=budget(timeout),
             tail=tail,
             since=since,
             until=until,
@@ -237,7 +296,7 @@ def logs_cmd(
     for message in result.messages:
         _note(message)
     if as_json:
-        _print_json(_logs_end(result))
+        _print_json({**_logs_end(result), **(end or {})})
     return _logs_exit(result, timeout)
 
 
@@ -271,15 +330,21 @@ def _logs_end(result: LogsResult) -> dict[str, Any]:
 # --- ryla apps ------------------------------------------------------------------------------------
 
 
-@click.command("apps", help=APPS_HELP, epilog=APPS_EXAMPLES)
-@_env_option
-@_timeout_option(defaults.MODAL_COMMAND_TIMEOUT_S)
-@click.option("--json", "as_json", is_flag=True, help="A JSON list on stdout.")
+apps_app = typer.Typer(rich_markup_mode="rich", add_completion=False)
+
+
+@apps_app.command("apps", help=doc(APPS_HELP), epilog=APPS_EXAMPLES)
 @_interruptible
-def apps_cmd(environment: str | None, timeout: float, as_json: bool) -> int:
+def apps_cmd(
+    timeout: Annotated[
+        float, opt.modal_timeout(defaults.MODAL_COMMAND_TIMEOUT_S)
+    ] = defaults.MODAL_COMMAND_TIMEOUT_S,
+    environment: opt.Environment = None,
+    as_json: opt.Json = False,
+) -> int:
     from ryla_modal.deploy.modal_cli import ModalCLI
 
-    rows = ModalCLI().apps(environment=environment, timeout=_budget(timeout))
+    rows = ModalCLI().apps(environment=environment, timeout=budget(timeout))
     if as_json:
         _print_json(
             [
@@ -309,23 +374,29 @@ def apps_cmd(environment: str | None, timeout: float, as_json: bool) -> int:
 # --- ryla stop ------------------------------------------------------------------------------------
 
 
-@click.command("stop", help=STOP_HELP, epilog=STOP_EXAMPLES)
-@click.argument("app_name", metavar="APP")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@_env_option
-@_timeout_option(defaults.MODAL_COMMAND_TIMEOUT_S)
+stop_app = typer.Typer(rich_markup_mode="rich", add_completion=False)
+
+
+@stop_app.command("stop", help=doc(STOP_HELP), epilog=STOP_EXAMPLES)
 @_interruptible
-def stop_cmd(app_name: str, yes: bool, environment: str | None, timeout: float) -> int:
+def stop_cmd(
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="App name or id.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    timeout: Annotated[
+        float, opt.modal_timeout(defaults.MODAL_COMMAND_TIMEOUT_S)
+    ] = defaults.MODAL_COMMAND_TIMEOUT_S,
+    environment: opt.Environment = None,
+) -> int:
     if not yes:
         if not sys.stdin.isatty():
             _note(f"refusing to stop {app_name!r} without confirmation: pass --yes")
             return EXIT_USAGE
-        if not click.confirm(f"Stop app {app_name!r} and its running containers?", err=True):
+        if not typer.confirm(f"Stop app {app_name!r} and its running containers?", err=True):
             _note("not stopped")
             return 1
     from ryla_modal.deploy.modal_cli import ModalCLI
 
-    result = ModalCLI().stop(app_name, environment=environment, timeout=_budget(timeout))
+    result = ModalCLI().stop(app_name, environment=environment, timeout=budget(timeout))
     if result.already_stopped:
         _note(f"{app_name} was already stopped" + (f": {result.message}" if result.message else ""))
     else:
@@ -336,29 +407,40 @@ def stop_cmd(app_name: str, yes: bool, environment: str | None, timeout: float) 
 # --- ryla deploy ----------------------------------------------------------------------------------
 
 
-@click.command("deploy", help=DEPLOY_HELP, epilog=DEPLOY_EXAMPLES)
-@click.argument("app_file", metavar="[APP_FILE]", required=False)
-@click.option("--name", metavar="NAME", help="Deployment name (default: the app's).")
-@click.option(
-    "--check",
-    "check",
-    metavar="WF.json",
-    multiple=True,
-    help="After the deploy, check this workflow's nodes and models (repeatable).",
-)
-@_env_option
-@_timeout_option(defaults.MODAL_DEPLOY_TIMEOUT_S, minimum=1)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout at the end.")
+deploy_app = typer.Typer(rich_markup_mode="rich", add_completion=False)
+
+
+@deploy_app.command("deploy", help=doc(DEPLOY_HELP), epilog=DEPLOY_EXAMPLES)
 @_interruptible
 def deploy_cmd(
-    app_file: str | None,
-    name: str | None,
-    check: tuple[str, ...],
-    environment: str | None,
-    timeout: float,
-    as_json: bool,
+    app_file: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="APP_FILE",
+            help="Your own Modal app file.",
+            show_default="the app packaged with ryla",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", metavar="NAME", help="Deployment name.", show_default="the app's"),
+    ] = None,
+    check: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--check",
+            metavar="WF.json",
+            help="After the deploy, check this workflow's nodes and models (repeatable).",
+            rich_help_panel=opt.WORKFLOW,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, opt.modal_timeout(defaults.MODAL_DEPLOY_TIMEOUT_S)
+    ] = defaults.MODAL_DEPLOY_TIMEOUT_S,
+    environment: opt.Environment = None,
+    as_json: opt.Json = False,
 ) -> int:
-    from ryla_modal.cloud.deployment import deploy_app
+    from ryla_modal.cloud.deployment import deploy_app as run_deploy
     from ryla_modal.config import record_deployment
 
     def on_line(stream: str, line: str) -> None:
@@ -372,12 +454,12 @@ def deploy_cmd(
             return None
         return record_deployment(app, endpoint, urls, app_page_url=page)
 
-    outcome = deploy_app(
+    outcome = run_deploy(
         app_file,
-        check=check,
+        check=tuple(check or ()),
         name=name,
         environment=environment,
-        timeout=_budget(timeout),
+        timeout=budget(timeout),
         on_line=on_line,
         on_deployed=lambda r: record(r.app, r.endpoint_url, r.urls, r.app_page_url),
     )
@@ -413,11 +495,6 @@ def deploy_cmd(
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def _budget(timeout: float) -> float:
-    """What is left of ``--timeout`` after our own start-up (never less than a sliver)."""
-    return max(0.1, timeout - (time.monotonic() - _STARTED))
 
 
 def _default_app() -> str:

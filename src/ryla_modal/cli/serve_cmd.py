@@ -14,12 +14,13 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-import click
+import typer
 
 from ryla_modal import defaults
-from ryla_modal.cli._output import examples
+from ryla_modal.cli import _options as opt
+from ryla_modal.cli._output import doc, examples
 from ryla_modal.config import serve_token
 from ryla_modal.errors import EXIT_USAGE, ConfigError
 
@@ -52,82 +53,129 @@ class _Terminated(BaseException):
     """SIGTERM arrived: leave through the same cleanup as Ctrl-C."""
 
 
-@click.command("serve", help=SERVE_HELP, epilog=SERVE_EXAMPLES)
-@click.option(
-    "--comfyui-dir",
-    metavar="DIR",
-    type=click.Path(path_type=Path),
-    help="ComfyUI checkout to launch (python main.py ...).",
-)
-@click.option(
-    "--comfyui-python",
-    metavar="PYTHON",
-    help="Python of that checkout (default: the one running ryla).",
-)
-@click.option(
-    "--comfyui-arg",
-    metavar="ARG",
-    multiple=True,
-    help="Extra argument for ComfyUI (repeat; --comfyui-arg=--cpu).",
-)
-@click.option("--comfyui-url", metavar="URL", help="Use a ComfyUI that already runs at this URL.")
-@click.option("--comfyui-command", hidden=True, help="Launch this command as ComfyUI (tests).")
-@click.option(
-    "--comfyui-port",
-    metavar="PORT",
-    type=click.IntRange(1, 65535),
-    help="Port for the launched ComfyUI (default: a free one).",
-)
-@click.option(
-    "--host", metavar="ADDRESS", default=defaults.SERVE_HOST, help="Address to listen on."
-)
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=defaults.SERVE_PORT,
-    help="Port (0: any free one).",
-)
-@click.option(
-    "--token",
-    metavar="TOKEN",
-    envvar="RYLA_TOKEN",
-    show_envvar=True,
-    help="Bearer token clients must send; prefer the RYLA_TOKEN variable to this flag.",
-)
-@click.option(
-    "--data-dir",
-    metavar="DIR",
-    type=click.Path(path_type=Path),
-    default=Path(defaults.SERVE_DATA_DIR),
-    help="Job records and output files.",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(1, 64),
-    default=defaults.SERVE_WORKERS,
-    help="Jobs handed to ComfyUI at once.",
-)
-@click.option(
-    "--ready-timeout",
-    metavar="S",
-    type=click.FloatRange(min=1),
-    default=defaults.COMFY_READY_TIMEOUT_S,
-    help="ComfyUI start budget in seconds.",
-)
+_COMFYUI = "ComfyUI"
+_SERVER = "Server"
+
+app = typer.Typer(rich_markup_mode="rich", add_completion=False)
+
+
+@app.command("serve", help=doc(SERVE_HELP), epilog=SERVE_EXAMPLES)
 def serve_cmd(
-    comfyui_dir: Path | None,
-    comfyui_python: str | None,
-    comfyui_arg: tuple[str, ...],
-    comfyui_url: str | None,
-    comfyui_command: str | None,
-    comfyui_port: int | None,
-    host: str,
-    port: int,
-    token: str | None,
-    data_dir: Path,
-    workers: int,
-    ready_timeout: float,
+    comfyui_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--comfyui-dir",
+            metavar="DIR",
+            help="ComfyUI checkout to launch (python main.py ...).",
+            rich_help_panel=_COMFYUI,
+        ),
+    ] = None,
+    comfyui_url: Annotated[
+        str | None,
+        typer.Option(
+            "--comfyui-url",
+            metavar="URL",
+            help="Use a ComfyUI that already runs at this URL.",
+            rich_help_panel=_COMFYUI,
+        ),
+    ] = None,
+    comfyui_python: Annotated[
+        str | None,
+        typer.Option(
+            "--comfyui-python",
+            metavar="PYTHON",
+            help="Python of that checkout.",
+            show_default="the one running ryla",
+            rich_help_panel=_COMFYUI,
+        ),
+    ] = None,
+    comfyui_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--comfyui-arg",
+            metavar="ARG",
+            help="Extra argument for ComfyUI (repeat; --comfyui-arg=--cpu).",
+            rich_help_panel=_COMFYUI,
+        ),
+    ] = None,
+    comfyui_port: Annotated[
+        int | None,
+        typer.Option(
+            "--comfyui-port",
+            metavar="PORT",
+            min=1,
+            max=65535,
+            help="Port for the launched ComfyUI.",
+            show_default="a free one",
+            rich_help_panel=_COMFYUI,
+        ),
+    ] = None,
+    comfyui_command: Annotated[
+        str | None,
+        typer.Option(
+            "--comfyui-command", hidden=True, help="Launch this command as ComfyUI (tests)."
+        ),
+    ] = None,
+    ready_timeout: Annotated[
+        float,
+        typer.Option(
+            "--ready-timeout",
+            metavar="S",
+            min=1,
+            help="Seconds for ComfyUI to start.",
+            rich_help_panel=opt.DEADLINES,
+        ),
+    ] = defaults.COMFY_READY_TIMEOUT_S,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host", metavar="ADDRESS", help="Address to listen on.", rich_help_panel=_SERVER
+        ),
+    ] = defaults.SERVE_HOST,
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port",
+            metavar="PORT",
+            min=0,
+            max=65535,
+            help="Port (0: any free one).",
+            rich_help_panel=_SERVER,
+        ),
+    ] = defaults.SERVE_PORT,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            metavar="TOKEN",
+            envvar="RYLA_TOKEN",
+            show_envvar=True,
+            help="Bearer token clients must send; prefer the RYLA_TOKEN variable to this flag.",
+            rich_help_panel=_SERVER,
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            "--data-dir",
+            metavar="DIR",
+            help="Job records and output files.",
+            rich_help_panel=_SERVER,
+        ),
+    ] = Path(defaults.SERVE_DATA_DIR),
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            min=1,
+            max=64,
+            help="Jobs handed to ComfyUI at once.",
+            rich_help_panel=_SERVER,
+        ),
+    ] = defaults.SERVE_WORKERS,
 ) -> int:
+    comfyui_arg = comfyui_arg or []
     sources = [x for x in (comfyui_dir, comfyui_url, comfyui_command) if x is not None]
     if len(sources) != 1:
         print(
@@ -143,12 +191,22 @@ def serve_cmd(
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if comfyui_dir is not None and not comfyui_dir.is_dir():
+        what = "is not a folder" if comfyui_dir.exists() else "does not exist"
+        print(
+            f"error: --comfyui-dir {str(comfyui_dir)!r}: the folder {what}"
+            "\nhint: pass the folder of a ComfyUI checkout (the one with main.py)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     from ryla_modal.gateway.local import ComfySource, serve_local
 
     try:
         token = serve_token(token, host)
     except ConfigError as exc:
-        print(f"error: {exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        print(
+            f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr
+        )
         return EXIT_USAGE
     _setup_logging()
     if token is not None and (os.environ.get("RYLA_TOKEN") or "").strip() != token:

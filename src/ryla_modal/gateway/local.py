@@ -112,6 +112,7 @@ def serve_local(
     process: ComfyProcess | None = None
     executor: LocalExecutor | None = None
     sock: socket.socket | None = None
+    started = False  # "stopping"/"stopped" only once something was started
     try:
         sock = bind(host, port)
         if source.url is not None:
@@ -126,6 +127,7 @@ def serve_local(
         else:
             process = comfy_process(source, data_dir / "comfyui.log")
             log.info("starting ComfyUI (log: %s)", process.log_path)
+            started = True
             process.start(ready_timeout=ready_timeout)
             base_url = process.base_url
             log.info("ComfyUI ready at %s (pid %s)", base_url, process.pid)
@@ -150,9 +152,11 @@ def serve_local(
             on_listening(
                 Listening(f"http://{shown}:{bound_port}", base_url, data_dir, token is not None)
             )
+        started = True
         uvicorn.Server(config).run(sockets=[sock])
     finally:
-        log.info("stopping")
+        if started:
+            log.info("stopping")
         if executor is not None:
             executor.close()
         if process is not None:
@@ -161,7 +165,8 @@ def serve_local(
             with contextlib.suppress(OSError):
                 sock.close()
         store.close()
-        log.info("stopped")
+        if started:
+            log.info("stopped")
 
 
 __all__ = ["ComfySource", "Listening", "bind", "comfy_process", "is_loopback", "serve_local"]
