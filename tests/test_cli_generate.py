@@ -187,7 +187,7 @@ TWO_INVERTS = {
 @pytest.mark.parametrize(
     ("case", "content", "extra", "code", "needle"),
     [
-        ("missing file", None, [], 3, "no such file"),
+        ("missing file", None, [], 2, "no such file"),
         ("not JSON", "{not json", [], 3, "JSON"),
         (
             "UI format, no server",
