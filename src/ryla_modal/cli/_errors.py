@@ -32,21 +32,15 @@ def error_line(exc: RylaError) -> str:
     """One line that says what went wrong and what to do next; details (a log tail) follow.
 
     A rejected workflow's node errors come first, one line each, so the hint's "listed above"
-    is true; without node errors the hint does not mention them.
+    is true, and they are not repeated inside the error line; without node errors the hint
+    does not mention them.
     """
     first, _, rest = exc.message.partition("\n")
     hint = exc.hint
     lines: list[str] = []
     if isinstance(exc, WorkflowValidationError):
-        lines = node_error_lines(exc)
-        shown = {line.strip() for line in lines}
-        rest = "\n".join(
-            line
-            for line in rest.splitlines()
-            if line.strip() not in shown and not line.strip().startswith("node prompt (")
-        )
-        first = first.rstrip(":")
-        if hint and not lines and _LISTED in hint:
+        first, rest, lines = _without_repeats(first, rest, node_error_lines(exc))
+        if hint and _LISTED in hint and not any(line.startswith("node ") for line in lines):
             hint = hint.replace(_LISTED + "; ", "").replace(_LISTED, "").strip() or None
     text = "\n".join([*lines, f"error: {first}"])
     if hint:
@@ -54,6 +48,26 @@ def error_line(exc: RylaError) -> str:
     if rest.strip():
         text += "\n" + rest
     return text
+
+
+def _without_repeats(first: str, rest: str, lines: list[str]) -> tuple[str, str, list[str]]:
+    """Say each node error once: servers fold them into the message ("...; node 3 (X): ...")
+    and list them again in ``node_errors``."""
+    shown = {line.strip() for line in lines}
+
+    def repeat(piece: str) -> bool:
+        piece = piece.strip()
+        return piece in shown or piece.startswith("node prompt (")
+
+    first = "; ".join(piece for piece in first.split("; ") if not repeat(piece)).rstrip(":")
+    rest = "\n".join(line for line in rest.splitlines() if not repeat(line))
+    # an error about the whole workflow that the line itself already says
+    lines = [
+        line
+        for line in lines
+        if not (line.startswith("workflow: ") and line.removeprefix("workflow: ") in first)
+    ]
+    return first, rest, lines
 
 
 def node_error_lines(exc: WorkflowValidationError) -> list[str]:

@@ -51,6 +51,15 @@ Overrides = Annotated[
     ),
 ]
 
+AllowNewInputs = Annotated[
+    bool,
+    typer.Option(
+        "--allow-new-inputs",
+        help="Let --set add an input the node does not have yet (an optional one).",
+        rich_help_panel=WORKFLOW,
+    ),
+]
+
 ColdStartTimeout = Annotated[
     float | None,
     typer.Option(

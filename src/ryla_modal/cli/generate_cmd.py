@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ryla_modal.cli import _options as opt
+from ryla_modal.cli._errors import error_line
 from ryla_modal.cli._output import (
     DEFAULT_OUT,
     command_line,
@@ -85,6 +86,7 @@ def generate_cmd(
         ),
     ],
     overrides: opt.Overrides = None,
+    allow_new_inputs: opt.AllowNewInputs = False,
     seed: Annotated[
         str | None,
         typer.Option(
@@ -153,8 +155,7 @@ def generate_cmd(
 
     uploads = [InputUpload.from_path(path) for path in paths]
     wf = load_for_endpoint(workflow, endpoint)
-    if parsed:
-        wf = wf.with_overrides(parsed)
+    wf = apply_overrides(wf, parsed, allow_new_inputs=allow_new_inputs)
     plans = _plans(wf, seed, base_seed, count)
     client = RylaClient(
         endpoint, cold_start_timeout=cold_start_timeout, execution_timeout=execution_timeout
@@ -216,6 +217,20 @@ def parse_overrides(texts: list[str]) -> list[Any]:
             message = exc.message + (f" ({exc.hint})" if exc.hint else "")
             raise typer.BadParameter(message, param_hint="--set") from None
     return parsed
+
+
+def apply_overrides(wf: Workflow, parsed: list[Any], *, allow_new_inputs: bool) -> Workflow:
+    """``--set`` applied; the library's hint about new inputs names this CLI's flag."""
+    from ryla_modal.errors import WorkflowFormatError
+
+    if not parsed:
+        return wf
+    try:
+        return wf.with_overrides(parsed, allow_new_inputs=allow_new_inputs)
+    except WorkflowFormatError as exc:
+        if exc.hint and "allow new inputs" in exc.hint:
+            exc.hint = "check the spelling, or pass --allow-new-inputs to add an optional input"
+        raise
 
 
 def _parse_seed(seed: str | None) -> int | None:
@@ -382,11 +397,8 @@ def _report(
         raise failed[0].error  # type: ignore[misc]  # the top-level handler prints it
     for p in failed:
         assert p.error is not None
-        first = p.error.message.split("\n", 1)[0]
-        note(
-            f"{p.label} ({p.job_id}): {first}"
-            + (f" — hint: {p.error.hint}" if p.error.hint else "")
-        )
+        note(f"{p.label} ({p.job_id}) failed:")
+        note(error_line(p.error))
     return failed[0].error.exit_code if failed and failed[0].error else 0
 
 
@@ -452,7 +464,7 @@ def _summary(plans: list[_Plan]) -> None:
     for column in ("job", "job id", "status", "files", "seconds"):
         table.add_column(column)
     for p in plans:
-        status = "succeeded" if p.result else f"failed: {p.error}" if p.error else "pending"
+        status = "succeeded" if p.result else "failed" if p.error else "pending"
         files = str(len(p.result.files)) if p.result else "-"
         took = _seconds(p.result.job) if p.result else "-"
         table.add_row(p.label, p.job_id, status, files, took)

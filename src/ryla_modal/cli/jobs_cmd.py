@@ -464,11 +464,13 @@ WORKFLOW is a workflow JSON file (API or UI format), or - for stdin."""
 def validate_cmd(
     workflow: Annotated[str, typer.Argument(help="Workflow JSON file, or - for stdin.")],
     overrides: opt.Overrides = None,
+    allow_new_inputs: opt.AllowNewInputs = False,
     timeout: opt.ApiTimeout = None,
     as_json: opt.Json = False,
     endpoint: opt.Endpoint = None,
 ) -> int:
     from ryla_modal.cli.generate_cmd import (
+        apply_overrides,
         check_workflow_arg,
         load_for_endpoint,
         parse_overrides,
@@ -478,8 +480,7 @@ def validate_cmd(
     check_workflow_arg(workflow)
     parsed = parse_overrides(overrides or [])
     wf = load_for_endpoint(workflow, endpoint)
-    if parsed:
-        wf = wf.with_overrides(parsed)
+    wf = apply_overrides(wf, parsed, allow_new_inputs=allow_new_inputs)
     with _client(endpoint) as client:
         report = client.validate(wf, **deadline_kwargs(timeout))
     if as_json:
