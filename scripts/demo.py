@@ -2,10 +2,12 @@
 
 1. start a ComfyUI: the real one when RYLA_DEMO_COMFYUI_DIR (+ RYLA_DEMO_COMFYUI_PYTHON) names a
    checkout, else the protocol-faithful stand-in from tests/fakes;
-2. `ryla serve` in front of it (the same job API the Modal deployment serves);
+2. `ryla serve` in front of it (the same job API the Modal deployment serves), its log lines
+   going to a file so they never interleave with the job's progress;
 3. `ryla generate examples/workflows/demo_model_free.json` through it, saving into ./outputs.
 
-Every step has a deadline and everything started here is stopped on the way out.
+Every step has a deadline and everything started here is stopped on the way out.  The work
+folder is .ryla/demo (RYLA_DEMO_WORK names another).
 """
 
 from __future__ import annotations
@@ -48,11 +50,15 @@ def start_comfyui(work: Path) -> ComfyProcess:
     return proc
 
 
-def wait_healthy(url: str, token: str, serve: subprocess.Popen[bytes]) -> None:
+def wait_healthy(url: str, token: str, serve: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if serve.poll() is not None:
-            raise SystemExit(f"demo: ryla serve exited with {serve.returncode}")
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            raise SystemExit(
+                f"demo: ryla serve exited with {serve.returncode}; its log ends:\n"
+                + "\n".join(tail)
+            )
         try:
             resp = httpx.get(
                 f"{url}/health", headers={"authorization": f"Bearer {token}"}, timeout=2
@@ -66,13 +72,15 @@ def wait_healthy(url: str, token: str, serve: subprocess.Popen[bytes]) -> None:
 
 
 def main() -> int:
-    work = REPO / ".ryla" / "demo"
+    work = Path(os.environ.get("RYLA_DEMO_WORK") or REPO / ".ryla" / "demo")
     work.mkdir(parents=True, exist_ok=True)
+    serve_log = work / "serve.log"
     token = secrets.token_hex(16)
     env = {**os.environ, "RYLA_TOKEN": token, "RYLA_CONFIG_DIR": str(work / "config")}
     comfy = start_comfyui(work)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    log_file = serve_log.open("ab")
     serve = subprocess.Popen(
         [
             sys.executable,
@@ -87,11 +95,16 @@ def main() -> int:
             str(work / "serve"),
         ],
         env=env,
+        stdout=log_file,
+        stderr=log_file,
         start_new_session=True,
     )
+    log_file.close()  # the child holds its own copy
     try:
-        wait_healthy(url, token, serve)
-        print(f"demo: ryla serve is up at {url}; running ryla generate", flush=True)
+        wait_healthy(url, token, serve, serve_log)
+        print(
+            f"demo: ryla serve is up at {url} (log: {serve_log}); running ryla generate", flush=True
+        )
         gen = subprocess.run(
             [
                 sys.executable,

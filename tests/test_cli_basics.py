@@ -68,9 +68,8 @@ def test_mistyped_subcommand_gets_did_you_mean() -> None:
 def test_shell_completion_completes_commands_lazily() -> None:
     env = {**os.environ, "_RYLA_COMPLETE": "complete_bash", "COMP_WORDS": "ryla jobs l"}
     env["COMP_CWORD"] = "2"
-    proc = subprocess.run(
-        [sys.executable, "-m", "ryla_modal.cli"], capture_output=True, text=True, env=env, timeout=30
-    )
+    argv = [sys.executable, "-m", "ryla_modal.cli"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["list", "logs"]
 
