@@ -70,8 +70,7 @@ IMAGE_PACKAGES: tuple[str, ...] = (
     "fastapi[standard]>=0.110",
     "uvicorn>=0.30",
     "rich>=13",
-    "click>=8.1,<9",
-    "typer>=0.16,<0.30",
+    "typer>=0.29,<0.30",
     "tomli-w>=1.0,<2",
     "huggingface_hub>=0.24",
 )
