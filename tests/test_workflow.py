@@ -147,7 +147,7 @@ def test_a_missing_file_names_it_and_hints_at_json_text(tmp_path: Path) -> None:
 
 
 def test_messages_without_a_source_name_the_workflow() -> None:
-    with pytest.raises(WorkflowFormatError, match=r"^the workflow has no nodes$"):
+    with pytest.raises(WorkflowFormatError, match=r"(?m)^the workflow has no nodes$"):
         validate_structure({})
     with pytest.raises(WorkflowFormatError, match=r"^the workflow is a JSON array"):
         Workflow([])  # type: ignore[arg-type]

@@ -253,7 +253,7 @@ def test_malformed_workflow_file(name: str, tmp_path: Path) -> None:
     with pytest.raises(WorkflowFormatError) as info:
         Workflow.load(path, **case.load_kwargs).with_overrides(case.overrides)
     exc = info.value
-    message = str(exc)
+    message = exc.message  # str(exc) adds the hint on a line of its own
 
     assert exc.source == str(path)
     assert message.startswith(f"{path}: "), message
@@ -269,6 +269,7 @@ def test_malformed_workflow_file(name: str, tmp_path: Path) -> None:
         assert exc.hint is not None and case.hint in exc.hint
     # The error goes through the CLI as one line (plus the hint): no traceback text inside.
     assert "Traceback" not in message and "\n" not in message
+    assert str(exc) == (f"{message}\nhint: {exc.hint}" if exc.hint else message)
 
 
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.overrides])
