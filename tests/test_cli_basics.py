@@ -38,7 +38,7 @@ def test_help_lists_usage_and_every_command_in_panels() -> None:
     assert "--install-completion" in proc.stdout  # typer's shell completion, on the root
 
 
-@pytest.mark.parametrize("argv", [[], ["jobs"]])
+@pytest.mark.parametrize("argv", [[], ["jobs"], ["models"]])
 def test_a_bare_group_prints_its_help_on_stdout_and_exits_0(argv: list[str]) -> None:
     proc = run_ryla(*argv)
     assert proc.returncode == 0, proc.stderr

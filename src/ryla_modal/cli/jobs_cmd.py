@@ -184,11 +184,13 @@ def show_cmd(
             print(f"  {out.index}  {out.filename}  {out.mime}  {out.size} bytes")
     if job.error is not None:
         print(f"error     {job.error.type}: {job.error.message}")
-    if job.timings:
+    phases = job.timings.phases()
+    if phases or job.timings.total is not None:
         print("timings")
-        for phase, seconds in job.timings.items():
+        for phase, seconds in phases.items():
             print(f"  {phase:<20}{seconds:9.2f}s")
-        print(f"  {'total':<20}{sum(job.timings.values()):9.2f}s")
+        if job.timings.total is not None:
+            print(f"  {'total':<20}{job.timings.total:9.2f}s")
     return 0
 
 

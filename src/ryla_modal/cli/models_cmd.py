@@ -9,12 +9,19 @@ import typer
 
 from ryla_modal import defaults
 from ryla_modal.cli._output import note, print_json
+from ryla_modal.cli._typer import print_help_when_bare
 
 app = typer.Typer(
+    name="models",
     add_completion=False,
-    no_args_is_help=True,
+    invoke_without_command=True,
     help="Model files on the deployment's models volume: add one, list them.",
 )
+
+
+@app.callback()
+def _models(ctx: typer.Context) -> None:
+    print_help_when_bare(ctx)
 
 
 @app.command(
