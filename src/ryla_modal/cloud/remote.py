@@ -91,7 +91,8 @@ def main() -> int:
         kind = type(exc).__name__
         if kind in ("AuthError",) or "token" in str(exc).lower():
             kind = "AuthError"
-        error: dict[str, Any] = {"type": kind, "message": str(exc)}
+        message = getattr(exc, "message", None) or str(exc)  # RylaError: the hint goes apart
+        error: dict[str, Any] = {"type": kind, "message": str(message)}
         hint = getattr(exc, "hint", None)
         if hint:
             error["hint"] = str(hint)

@@ -67,7 +67,8 @@ _MAX_MESSAGE = 4000  # characters of an error message kept in a job record
 
 def job_error(exc: BaseException) -> tuple[str, JobError]:
     """The final status and ``error`` for what a job raised."""
-    message = _short(str(exc) or type(exc).__name__)
+    # a RylaError's str() adds its hint on a line of its own: the record keeps the message
+    message = _short(getattr(exc, "message", None) or str(exc) or type(exc).__name__)
     if isinstance(exc, JobCancelled):
         return "cancelled", JobError(type=ERR_CANCELLED, message=message)
     if isinstance(exc, WorkflowValidationError):

@@ -121,7 +121,8 @@ def serve_local(
                 check_ready(base_url, timeout=defaults.COMFY_CONNECT_TIMEOUT_S)
             except ComfyUIUnavailable as exc:
                 raise ComfyUIUnavailable(
-                    str(exc), hint="start ComfyUI first, or let ryla launch it with --comfyui-dir"
+                    exc.message,
+                    hint="start ComfyUI first, or let ryla launch it with --comfyui-dir",
                 ) from exc
             log.info("using ComfyUI at %s", base_url)
         else:
