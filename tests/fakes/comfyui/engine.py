@@ -7,6 +7,12 @@ recorded from ComfyUI 0.3.64: ``status`` on put and again when the worker takes 
 ``progress_state`` (finished); then ``execution_success`` | ``execution_error`` |
 ``execution_interrupted``, ``status`` and ``executing {node: null}``.
 
+A step that carries an image (SaveImageWebsocket) sends it as main.py's progress hook does: to a
+client that announced ``supports_preview_metadata``, ``progress_state`` then a binary event 4
+(JSON metadata naming prompt and node, then the image) then ``progress``; to any other client
+``progress`` then a binary event 1 (image type 1 JPEG / 2 PNG, then the image), as transcripts
+21 and 22 show.
+
 Fault switches (``--fault``, ``POST /_fake/fault``) fire once, in the next job that runs, after
 its ``after_node``-th node (0: before the first; a job with fewer nodes: before its end).
 """
@@ -16,8 +22,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import heapq
+import io
 import json
 import os
+import struct
 import sys
 import threading
 import time
@@ -53,7 +61,26 @@ class Hub(Protocol):
 
     def send(self, event: str, data: dict[str, Any], sid: str | None) -> None: ...
 
+    def send_binary(self, event: int, data: bytes, sid: str | None) -> None: ...
+
+    def supports_preview_metadata(self, sid: str | None) -> bool: ...
+
     def drop_sockets(self) -> None: ...
+
+
+PREVIEW_IMAGE = 1
+PREVIEW_IMAGE_WITH_METADATA = 4
+
+
+def encode_image(preview: tuple[str, Any, int | None]) -> tuple[str, bytes]:
+    """server.py ``send_image``: (format, bytes) of a ("PNG" | "JPEG", image, max_size) tuple."""
+    fmt, image, max_size = preview
+    if max_size is not None:
+        image = image.copy()
+        image.thumbnail((max_size, max_size))
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, quality=95, compress_level=1)
+    return fmt, buf.getvalue()
 
 
 @dataclass(order=False)
@@ -568,16 +595,41 @@ class Engine:
             if self.interrupted.is_set():
                 raise InterruptProcessing()
 
-            def report(value: int, total: int) -> None:
+            def report(value: int, total: int, preview: Any = None) -> None:
                 if self.interrupted.is_set():
                     raise InterruptProcessing()
+                value = min(value, total)
                 states[node_id] = {"value": value, "max": total, "state": "running"}
                 progress_state()
+                with_metadata = self.hub.supports_preview_metadata(self.client_id)
+                image: tuple[str, bytes] | None = None
+                if preview is not None:
+                    image = encode_image(preview)
+                if image is not None and with_metadata:
+                    meta = {
+                        "node_id": node_id,
+                        "prompt_id": prompt_id,
+                        "display_node_id": node_id,
+                        "parent_node_id": None,
+                        "real_node_id": node_id,
+                        "image_type": "image/png" if image[0] == "PNG" else "image/jpeg",
+                    }
+                    blob = json.dumps(meta).encode("utf-8")
+                    self.hub.send_binary(
+                        PREVIEW_IMAGE_WITH_METADATA,
+                        struct.pack(">I", len(blob)) + blob + image[1],
+                        self.client_id,
+                    )
                 self.hub.send(
                     "progress",
                     {"value": value, "max": total, "prompt_id": prompt_id, "node": node_id},
                     self.client_id,
                 )
+                if image is not None and not with_metadata:
+                    kind = 2 if image[0] == "PNG" else 1
+                    self.hub.send_binary(
+                        PREVIEW_IMAGE, struct.pack(">I", kind) + image[1], self.client_id
+                    )
 
             ctx = RunContext(
                 folders=self.folders,

@@ -3,6 +3,12 @@
 An IMAGE is a list of Pillow RGB images (a batch), a MASK a list of "L" images.  Pixels need not
 match ComfyUI's; names, inputs, limits, outputs and the files written do.  ``RylaSlowSteps`` is
 ours: it reports ``progress`` per step and honours interrupts between steps, like KSampler.
+
+Every output kind ComfyUI 0.3.64 produces has a node here: files (SaveImage, SaveAudio*, SaveGLB),
+``temp`` previews (PreviewImage, PreviewAudio), text (PreviewAny) and SaveImageWebsocket, whose
+images travel only as binary websocket frames.  AUDIO is ``{"waveform": Silence,
+"sample_rate"}``; MESH holds plain vertex and face lists (``RylaUnitCube`` makes one, since every
+real MESH source needs a model).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from typing import Any
 
 from PIL import Image, ImageFilter, ImageOps
 from PIL.PngImagePlugin import PngInfo
+
+from .media import flac_bytes, glb_bytes, mp3_bytes, opus_bytes, unit_cube
 
 Images = list[Image.Image]
 InputTypes = dict[str, dict[str, Any]]  # {"required": {...}, "optional": {...}, "hidden": {...}}
@@ -59,7 +67,8 @@ class RunContext:
     extra_pnginfo: Any
     disable_metadata: bool
     interrupted: threading.Event
-    report_progress: Callable[[int, int], None]
+    # (value, total, preview) where preview is ComfyUI's ("PNG" | "JPEG", image, max_size)
+    report_progress: Callable[..., None]
 
     def wait(self, seconds: float) -> None:
         """Sleep, but wake at once (and raise) when an interrupt arrives."""
@@ -249,6 +258,63 @@ def _save(
     return NodeResult((), {"images": results})
 
 
+@dataclass(frozen=True)
+class Silence:
+    """An AUDIO waveform's shape (batch, channels, samples); the stand-in's audio is silent."""
+
+    batch: int
+    channels: int
+    samples: int
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """A MESH batch: one (vertices, faces) pair per item."""
+
+    items: tuple[tuple[list[tuple[float, float, float]], list[tuple[int, int, int]]], ...]
+
+
+def _metadata(ctx: RunContext) -> dict[str, str]:
+    """What ComfyUI's audio and GLB savers embed: the prompt and extra_pnginfo, as JSON."""
+    if ctx.disable_metadata:
+        return {}
+    meta = {"prompt": json.dumps(ctx.prompt)}
+    if isinstance(ctx.extra_pnginfo, dict):
+        for key, value in ctx.extra_pnginfo.items():
+            meta[str(key)] = json.dumps(value)
+    return meta
+
+
+def _save_audio(
+    ctx: RunContext, audio: Any, prefix: str, fmt: str, kind: str = "output"
+) -> NodeResult:
+    """comfy_extras/nodes_audio.py ``save_audio``: one file per batch item, ``{"audio": [...]}``."""
+    base = ctx.folders.output if kind == "output" else ctx.folders.temp
+    folder, filename, counter, subfolder = save_image_path(prefix, base, 0, 0)
+    wave, rate = audio["waveform"], int(audio["sample_rate"])
+    if not isinstance(wave, Silence):
+        raise TypeError(f"input 'audio' is not AUDIO: {type(wave).__name__}")
+    if fmt == "opus":
+        rate = 48000 if rate > 48000 else next((r for r in _OPUS_RATES if r >= rate), 48000)
+    results = []
+    for batch_number in range(wave.batch):
+        name = f"{filename.replace('%batch_num%', str(batch_number))}_{counter:05}_.{fmt}"
+        if fmt == "mp3":
+            data = mp3_bytes(wave.channels, rate, wave.samples)
+        elif fmt == "opus":
+            data = opus_bytes(wave.channels, rate, _metadata(ctx))
+        else:
+            data = flac_bytes(wave.channels, rate, wave.samples, _metadata(ctx))
+        with open(os.path.join(folder, name), "wb") as fh:
+            fh.write(data)
+        results.append({"filename": name, "subfolder": subfolder, "type": kind})
+        counter += 1
+    return NodeResult((), {"audio": results})
+
+
+_OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+
+
 # --- the nodes -------------------------------------------------------------------------------
 
 
@@ -339,10 +405,94 @@ def _empty_latent(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
 def _slow_steps(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
     images = _images(a["image"], "image")
     steps, pause = int(a["steps"]), float(a["step_seconds"])
+    # a latent preview per step, as KSampler sends with --preview-method (JPEG, max 512 px)
+    preview = ("JPEG", images[0], 512) if a.get("preview") and images else None
     for step in range(1, steps + 1):
         ctx.wait(pause)
-        ctx.report_progress(step, steps)  # raises InterruptProcessing first, like KSampler's hook
+        ctx.report_progress(step, steps, preview)  # raises InterruptProcessing first, like KSampler
     return NodeResult(([i.copy() for i in images],))
+
+
+def _primitive_string(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
+    return NodeResult((str(a["value"]),))
+
+
+def _string_concatenate(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
+    return NodeResult((str(a["delimiter"]).join([str(a["string_a"]), str(a["string_b"])]),))
+
+
+def _preview_any(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
+    """comfy_extras/nodes_preview_any.py: ``{"ui": {"text": (value,)}}``."""
+    source = a.get("source")
+    value = "None"
+    if isinstance(source, str):
+        value = source
+    elif isinstance(source, int | float | bool):
+        value = str(source)
+    elif source is not None:
+        try:
+            value = json.dumps(source)
+        except Exception:
+            value = str(source)
+    return NodeResult((), {"text": [value]})
+
+
+def _save_image_websocket(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
+    """custom_nodes/websocket_image_save.py: each image goes out as a preview, no file, no ui."""
+    images = _images(a["images"], "images")
+    for step, img in enumerate(images):
+        ctx.report_progress(step, len(images), ("PNG", img, None))
+    return NodeResult(())
+
+
+def _empty_audio(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
+    samples = round(float(a["duration"]) * int(a["sample_rate"]))
+    wave = Silence(batch=1, channels=int(a["channels"]), samples=samples)
+    return NodeResult(({"waveform": wave, "sample_rate": int(a["sample_rate"])},))
+
+
+def _save_flac(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
+    return _save_audio(ctx, a["audio"], str(a["filename_prefix"]), "flac")
+
+
+def _save_mp3(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
+    return _save_audio(ctx, a["audio"], str(a["filename_prefix"]), "mp3")
+
+
+def _save_opus(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
+    return _save_audio(ctx, a["audio"], str(a["filename_prefix"]), "opus")
+
+
+def _preview_audio(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
+    suffix = "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
+    return _save_audio(ctx, a["audio"], f"ComfyUI_temp_{suffix}", "flac", "temp")
+
+
+def _unit_cube(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
+    cube = unit_cube(float(a["size"]))
+    return NodeResult((Mesh(tuple(cube for _ in range(int(a["batch_size"])))),))
+
+
+def _save_glb(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
+    """comfy_extras/nodes_hunyuan3d.py SaveGLB: one .glb per mesh, ``{"3d": [...]}``."""
+    mesh = a["mesh"]
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"input 'mesh' is not a MESH: {type(mesh).__name__}")
+    folder, filename, counter, subfolder = save_image_path(
+        str(a["filename_prefix"]), ctx.folders.output, 0, 0
+    )
+    results = []
+    for vertices, faces in mesh.items:
+        name = f"{filename}_{counter:05}_.glb"
+        with open(os.path.join(folder, name), "wb") as fh:
+            fh.write(glb_bytes(vertices, faces, _metadata(ctx) or None))
+        results.append({"filename": name, "subfolder": subfolder, "type": "output"})
+        counter += 1
+    return NodeResult((), {"3d": results})
+
+
+def _changes_every_time(folders: Folders, a: dict[str, Any]) -> str:
+    return str(time.time())  # SaveImageWebsocket.IS_CHANGED: never cached
 
 
 def _const(types: InputTypes) -> Callable[[Folders], InputTypes]:
@@ -350,6 +500,12 @@ def _const(types: InputTypes) -> Callable[[Folders], InputTypes]:
 
 
 _HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+_V3_INFO = {
+    "output_tooltips": [None],
+    "deprecated": False,
+    "experimental": False,
+    "api_node": False,
+}
 _SIZE = ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}]
 
 
@@ -534,7 +690,8 @@ def build_nodes(step_seconds: float = 0.1) -> dict[str, NodeDef]:
                         "step_seconds": [
                             "FLOAT",
                             {"default": step_seconds, "min": 0.0, "max": 600.0, "step": 0.01},
-                        ]
+                        ],
+                        "preview": ["BOOLEAN", {"default": False}],
                     },
                 }
             ),
@@ -543,7 +700,198 @@ def build_nodes(step_seconds: float = 0.1) -> dict[str, NodeDef]:
             "Slow Steps (ryla stand-in)",
             "testing",
             python_module="custom_nodes.ryla_stand_in",
-            description="Passes the image through after `steps` waits, sending progress per step.",
+            description="Passes the image through after `steps` waits, sending progress per step"
+            " (and a JPEG preview frame per step with `preview`, like a sampler's latent preview).",
+        ),
+        NodeDef(
+            "PrimitiveString",
+            _const({"required": {"value": ["STRING", {"multiline": False}]}}),
+            ("STRING",),
+            _primitive_string,
+            "String",
+            "utils/primitive",
+            python_module="comfy_extras.nodes_primitive",
+            extra_info=_V3_INFO,
+        ),
+        NodeDef(
+            "StringConcatenate",
+            _const(
+                {
+                    "required": {
+                        "string_a": ["STRING", {"multiline": True}],
+                        "string_b": ["STRING", {"multiline": True}],
+                        "delimiter": ["STRING", {"default": "", "multiline": False}],
+                    }
+                }
+            ),
+            ("STRING",),
+            _string_concatenate,
+            "Concatenate",
+            "utils/string",
+            python_module="comfy_extras.nodes_string",
+            extra_info=_V3_INFO,
+        ),
+        NodeDef(
+            "PreviewAny",
+            _const({"required": {"source": ["*", {}]}}),
+            (),
+            _preview_any,
+            "Preview Any",
+            "utils",
+            python_module="comfy_extras.nodes_preview_any",
+            output_node=True,
+        ),
+        NodeDef(
+            "SaveImageWebsocket",
+            _const({"required": {"images": ["IMAGE"]}}),
+            (),
+            _save_image_websocket,
+            "SaveImageWebsocket",
+            "api/image",
+            python_module="custom_nodes.websocket_image_save",
+            output_node=True,
+            is_changed=_changes_every_time,
+        ),
+        NodeDef(
+            "EmptyAudio",
+            _const(
+                {
+                    "required": {
+                        "duration": [
+                            "FLOAT",
+                            {
+                                "default": 60.0,
+                                "min": 0.0,
+                                "max": 0xFFFFFFFFFFFFFFFF,
+                                "step": 0.01,
+                                "tooltip": "Duration of the empty audio clip in seconds",
+                            },
+                        ],
+                        "sample_rate": [
+                            "INT",
+                            {"default": 44100, "tooltip": "Sample rate of the empty audio clip."},
+                        ],
+                        "channels": [
+                            "INT",
+                            {
+                                "default": 2,
+                                "min": 1,
+                                "max": 2,
+                                "tooltip": "Number of audio channels (1 for mono, 2 for stereo).",
+                            },
+                        ],
+                    }
+                }
+            ),
+            ("AUDIO",),
+            _empty_audio,
+            "Empty Audio",
+            "audio",
+            python_module="comfy_extras.nodes_audio",
+        ),
+        NodeDef(
+            "SaveAudio",
+            _const(
+                {
+                    "required": {
+                        "audio": ["AUDIO"],
+                        "filename_prefix": ["STRING", {"default": "audio/ComfyUI"}],
+                    },
+                    "hidden": _HIDDEN,
+                }
+            ),
+            (),
+            _save_flac,
+            "Save Audio (FLAC)",
+            "audio",
+            python_module="comfy_extras.nodes_audio",
+            output_node=True,
+        ),
+        NodeDef(
+            "SaveAudioMP3",
+            _const(
+                {
+                    "required": {
+                        "audio": ["AUDIO"],
+                        "filename_prefix": ["STRING", {"default": "audio/ComfyUI"}],
+                        "quality": [["V0", "128k", "320k"], {"default": "V0"}],
+                    },
+                    "hidden": _HIDDEN,
+                }
+            ),
+            (),
+            _save_mp3,
+            "Save Audio (MP3)",
+            "audio",
+            python_module="comfy_extras.nodes_audio",
+            output_node=True,
+        ),
+        NodeDef(
+            "SaveAudioOpus",
+            _const(
+                {
+                    "required": {
+                        "audio": ["AUDIO"],
+                        "filename_prefix": ["STRING", {"default": "audio/ComfyUI"}],
+                        "quality": [
+                            ["64k", "96k", "128k", "192k", "320k"],
+                            {"default": "128k"},
+                        ],
+                    },
+                    "hidden": _HIDDEN,
+                }
+            ),
+            (),
+            _save_opus,
+            "Save Audio (Opus)",
+            "audio",
+            python_module="comfy_extras.nodes_audio",
+            output_node=True,
+        ),
+        NodeDef(
+            "PreviewAudio",
+            _const({"required": {"audio": ["AUDIO"]}, "hidden": _HIDDEN}),
+            (),
+            _preview_audio,
+            "Preview Audio",
+            "audio",
+            python_module="comfy_extras.nodes_audio",
+            output_node=True,
+        ),
+        NodeDef(
+            "RylaUnitCube",
+            _const(
+                {
+                    "required": {
+                        "size": ["FLOAT", {"default": 1.0, "min": 0.01, "max": 1000.0}],
+                        "batch_size": ["INT", {"default": 1, "min": 1, "max": 64}],
+                    }
+                }
+            ),
+            ("MESH",),
+            _unit_cube,
+            "Unit Cube (ryla stand-in)",
+            "testing",
+            python_module="custom_nodes.ryla_stand_in",
+            description="A model-free MESH: every real MESH source needs a 3D model.",
+        ),
+        NodeDef(
+            "SaveGLB",
+            _const(
+                {
+                    "required": {
+                        "mesh": ["MESH"],
+                        "filename_prefix": ["STRING", {"default": "mesh/ComfyUI"}],
+                    },
+                    "hidden": _HIDDEN,
+                }
+            ),
+            (),
+            _save_glb,
+            "SaveGLB",
+            "3d",
+            python_module="comfy_extras.nodes_hunyuan3d",
+            output_node=True,
         ),
     ]
     return {d.name: d for d in defs}

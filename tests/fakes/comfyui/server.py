@@ -21,6 +21,7 @@ import json
 import mimetypes
 import os
 import shutil
+import struct
 import sys
 import tempfile
 import time
@@ -72,7 +73,9 @@ class StandIn:
         self.folders = folders
         self.nodes = nodes
         self.loop = asyncio.get_running_loop()
-        self.messages: asyncio.Queue[tuple[str, dict[str, Any], str | None]] = asyncio.Queue()
+        self.messages: asyncio.Queue[tuple[str | int, dict[str, Any] | bytes, str | None]] = (
+            asyncio.Queue()
+        )
         self.sockets: dict[str, web.WebSocketResponse] = {}  # by sid: who gets messages
         self.connections: dict[int, web.Request] = {}  # every open socket, for drop-socket
         self.client_flags: dict[str, Any] = {}
@@ -91,6 +94,13 @@ class StandIn:
     def send(self, event: str, data: dict[str, Any], sid: str | None) -> None:
         self.loop.call_soon_threadsafe(self.messages.put_nowait, (event, data, sid))
 
+    def send_binary(self, event: int, data: bytes, sid: str | None) -> None:
+        self.loop.call_soon_threadsafe(self.messages.put_nowait, (event, data, sid))
+
+    def supports_preview_metadata(self, sid: str | None) -> bool:
+        flags = self.client_flags.get(sid or "")
+        return isinstance(flags, dict) and bool(flags.get("supports_preview_metadata"))
+
     def drop_sockets(self) -> None:
         self.loop.call_soon_threadsafe(self.messages.put_nowait, (_DROP, {}, None))
 
@@ -103,7 +113,23 @@ class StandIn:
                     if request.transport is not None:
                         request.transport.abort()  # no close frame: a dropped connection
                 continue
-            await self.send_json(event, data, sid)
+            if isinstance(event, int) and isinstance(data, bytes):
+                await self.send_bytes(event, data, sid)
+            elif isinstance(event, str) and isinstance(data, dict):
+                await self.send_json(event, data, sid)
+
+    async def send_bytes(self, event: int, data: bytes, sid: str | None) -> None:
+        """server.py ``send_bytes``: a 4-byte big-endian event type, then the payload."""
+        message = struct.pack(">I", event) + data
+        if sid is None:
+            targets = list(self.sockets.values())
+        elif sid in self.sockets:
+            targets = [self.sockets[sid]]
+        else:
+            return
+        for ws in targets:
+            with contextlib.suppress(Exception):
+                await ws.send_bytes(message)
 
     async def send_json(self, event: str, data: dict[str, Any], sid: str | None) -> None:
         message = {"type": event, "data": data}
