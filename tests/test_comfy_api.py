@@ -291,27 +291,35 @@ def test_ws_url_follows_the_base_url() -> None:
         assert api.ws_url("a b") == "wss://x.example/comfy/ws?clientId=a%20b"
 
 
-def test_event_socket_skips_preview_frames_and_junk_then_reports_the_close() -> None:
-    """Binary previews (types 1 and 4, transcripts 21/22) and odd text never reach the caller."""
+def test_event_socket_parses_binary_frames_skips_junk_then_reports_the_close() -> None:
+    """Binary frames (types 1 and 4, transcripts 21/22) come back parsed; odd text never does.
+
+    The socket announces ``supports_preview_metadata`` first, so ComfyUI sends event 4 frames,
+    whose metadata names the prompt and node.
+    """
     import json
     import struct
     import threading
 
     from websockets.sync.server import ServerConnection, serve
 
-    from ryla_modal.comfy.api import SocketClosed
+    from ryla_modal.comfy.api import BinaryFrame, SocketClosed
 
     progress = {"type": "progress", "data": {"value": 1, "max": 3, "prompt_id": "p", "node": "3"}}
     release = threading.Event()
     seen_paths: list[str] = []
+    first_messages: list[str | bytes] = []
 
     def handler(conn: ServerConnection) -> None:
         assert conn.request is not None
         seen_paths.append(conn.request.path)
+        first_messages.append(conn.recv(timeout=5))
         conn.send(json.dumps({"type": "status", "data": {"sid": "abc"}}))
         conn.send(struct.pack(">II", 1, 1) + b"\xff\xd8\xff\xe0jpeg")  # legacy preview
         meta = json.dumps({"node_id": "3", "prompt_id": "p", "image_type": "image/jpeg"}).encode()
         conn.send(struct.pack(">II", 4, len(meta)) + meta + b"\xff\xd8jpeg")  # with metadata
+        conn.send(struct.pack(">II", 4, 999) + b"{")  # a metadata length past the end: junk
+        conn.send(b"\x00\x00")  # shorter than any header: junk
         conn.send("not json")
         conn.send("[1, 2, 3]")
         conn.send(json.dumps(progress))
@@ -324,7 +332,11 @@ def test_event_socket_skips_preview_frames_and_junk_then_reports_the_close() -> 
             sock = api.open_events("abc")
             try:
                 first = sock.recv(5)
-                assert first is not None and first["type"] == "status"
+                assert isinstance(first, dict) and first["type"] == "status"
+                assert sock.recv(5) == BinaryFrame(1, "image/jpeg", b"\xff\xd8\xff\xe0jpeg")
+                assert sock.recv(5) == BinaryFrame(
+                    4, "image/jpeg", b"\xff\xd8jpeg", node_id="3", prompt_id="p"
+                )
                 assert sock.recv(5) == progress
                 assert sock.recv(0.2) is None  # nothing more: a timeout, not an error
                 release.set()
@@ -334,6 +346,9 @@ def test_event_socket_skips_preview_frames_and_junk_then_reports_the_close() -> 
                 sock.close()
         server.shutdown()
     assert seen_paths == ["/ws?clientId=abc"]
+    assert [json.loads(m) for m in first_messages] == [
+        {"type": "feature_flags", "data": {"supports_preview_metadata": True}}
+    ]
 
 
 def test_open_events_on_a_closed_port_is_socket_closed() -> None:

@@ -37,6 +37,9 @@ COMFY_WS_MAX_FRAME_BYTES = 64 * 1024 * 1024  # preview frames can be large; they
 COMFY_UNREACHABLE_GRACE_S = 10.0  # no process to watch: give up after this long without answers
 COMFY_CANCEL_GRACE_S = 15.0  # after an interrupt, wait this long for ComfyUI to confirm it
 COMFY_DOWNLOAD_CHUNK_BYTES = 256 * 1024
+INPUT_URL_MAX_BYTES = 256 * 1024 * 1024  # one input file fetched by URL
+INPUT_URL_TIMEOUT_S = 120.0  # one input file fetched by URL, from connect to the last byte
+TEXT_OUTPUT_INLINE_MAX_CHARS = 64 * 1024  # a text output longer than this is a file only
 
 # --- workflows ---------------------------------------------------------------------------------
 WORKFLOW_MAX_BYTES = 32 * 1024 * 1024

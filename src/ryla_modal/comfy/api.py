@@ -4,7 +4,9 @@ Shapes follow what the real server (0.3.64) was recorded doing (see the protocol
 POST /prompt with a client-made ``prompt_id``, 400 bodies with ``error`` + ``node_errors``, plain
 text 500s, the WS event stream for one ``clientId``, history entries with ``status.messages``.
 ``follow_prompt`` waits for one prompt to finish: over the socket while it is open, by polling
-/history when it drops or never opens, so a completion is never missed.
+/history when it drops or never opens, so a completion is never missed.  Binary frames (latent
+previews, and the images ``SaveImageWebsocket`` sends instead of writing a file) are parsed as
+server.py writes them and handed to the caller, who decides which ones are outputs.
 
 It runs in a worker thread (locally) or inside a Modal method, hence synchronous.  ``websockets``
 is imported lazily so importing this module stays cheap.
@@ -20,10 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
@@ -49,6 +52,17 @@ _BODY_SNIPPET = 300
 TERMINAL_EVENTS = frozenset({"execution_success", "execution_error", "execution_interrupted"})
 
 EventCallback = Callable[[str, Mapping[str, Any]], None]
+FrameCallback = Callable[["BinaryFrame"], None]
+
+# ComfyUI's binary websocket events (protocol.py ``BinaryEventTypes``): 4 bytes, big-endian.
+PREVIEW_IMAGE = 1  # then 4 bytes of image type (1 JPEG, 2 PNG), then the image
+TEXT = 3  # then a 4-byte node id length, the node id, the text
+PREVIEW_IMAGE_WITH_METADATA = 4  # then a 4-byte JSON length, the JSON, the image
+_IMAGE_TYPES = {1: "image/jpeg", 2: "image/png"}
+#: The first message on a socket: ask for event 4, whose metadata names the prompt and node.
+FEATURE_FLAGS = {"type": "feature_flags", "data": {"supports_preview_metadata": True}}
+#: History keys whose lists of strings are text outputs (PreviewAny, ShowText and the like).
+TEXT_KEYS = frozenset({"text"})
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,59 @@ class OutputRef:
     filename: str
     subfolder: str
     type: str  # ComfyUI folder type: "output" or "temp"
+
+
+@dataclass(frozen=True)
+class TextOutput:
+    """One string an output node reported (``PreviewAny`` gives ``{"text": [value]}``)."""
+
+    node_id: str
+    kind: str  # the history key: "text"
+    text: str
+
+
+@dataclass(frozen=True)
+class BinaryFrame:
+    """One binary websocket message: an image (``mime`` set) or something else we ignore.
+
+    ``node_id``/``prompt_id`` come from event 4's metadata; a legacy event 1 frame names
+    neither, and belongs to the node that was executing when it arrived.
+    """
+
+    event: int
+    mime: str | None
+    data: bytes = field(repr=False)
+    node_id: str | None = None
+    prompt_id: str | None = None
+
+
+def parse_binary_frame(frame: bytes) -> BinaryFrame | None:
+    """A binary message as server.py ``send_image``/``send_image_with_metadata`` write it."""
+    if len(frame) < 8:
+        return None
+    (event,) = struct.unpack(">I", frame[:4])
+    if event == PREVIEW_IMAGE:
+        (image_type,) = struct.unpack(">I", frame[4:8])
+        return BinaryFrame(event, _IMAGE_TYPES.get(image_type), bytes(frame[8:]))
+    if event == PREVIEW_IMAGE_WITH_METADATA:
+        (length,) = struct.unpack(">I", frame[4:8])
+        if 8 + length > len(frame):
+            return None
+        try:
+            meta = json.loads(bytes(frame[8 : 8 + length]))
+        except ValueError:
+            return None
+        if not isinstance(meta, dict):
+            return None
+        mime = meta.get("image_type")
+        return BinaryFrame(
+            event,
+            mime if isinstance(mime, str) else None,
+            bytes(frame[8 + length :]),
+            node_id=_opt_str(meta.get("node_id")),
+            prompt_id=_opt_str(meta.get("prompt_id")),
+        )
+    return BinaryFrame(event, None, bytes(frame[4:]))
 
 
 class SocketClosed(Exception):
@@ -177,6 +244,31 @@ def output_refs(entry: Mapping[str, Any], *, include_temp: bool = False) -> list
     return refs
 
 
+def output_texts(entry: Mapping[str, Any]) -> list[TextOutput]:
+    """Every string under a text key (``TEXT_KEYS``) of every output node, in node order."""
+    outputs = entry.get("outputs")
+    if not isinstance(outputs, dict):
+        return []
+    texts: list[TextOutput] = []
+    for node_id in sorted(outputs, key=_node_sort_key):
+        node_out = outputs[node_id]
+        if not isinstance(node_out, dict):
+            continue
+        for kind, items in node_out.items():
+            if kind in TEXT_KEYS and isinstance(items, list):
+                texts.extend(
+                    TextOutput(str(node_id), str(kind), item)
+                    for item in items
+                    if isinstance(item, str)
+                )
+    return texts
+
+
+def node_sort_key(node_id: str) -> tuple[tuple[int, int | str], ...]:
+    """Node ids in ComfyUI's numeric order ("10" after "9", "5:12" part by part)."""
+    return _node_sort_key(node_id)
+
+
 def _node_sort_key(node_id: str) -> tuple[tuple[int, int | str], ...]:
     # "10" after "9"; subgraph ids such as "5:12" sort part by part.
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in str(node_id).split(":"))
@@ -201,6 +293,8 @@ class ComfyAPI:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = httpx.Timeout(http_timeout, connect=connect_timeout)
+        #: Announce ``supports_preview_metadata`` on each socket (off: legacy event 1 frames).
+        self.preview_metadata = True
         self._client = httpx.Client(base_url=self.base_url, timeout=self.timeout, trust_env=False)
 
     def close(self) -> None:
@@ -377,22 +471,27 @@ class ComfyAPI:
                 compression=None,
             )
             connection = stack.enter_context(conn)
+            if self.preview_metadata:
+                # Before any prompt: binary frames then name their prompt and node (event 4).
+                connection.send(json.dumps(FEATURE_FLAGS))
         except (OSError, TimeoutError, ValueError) as exc:
+            stack.close()
             raise SocketClosed(f"cannot open {self.ws_url(client_id)}: {exc!r}") from exc
         except Exception as exc:  # websockets' own handshake errors (InvalidStatus, ...)
+            stack.close()
             raise SocketClosed(f"cannot open {self.ws_url(client_id)}: {exc!r}") from exc
         return EventSocket(connection, stack)
 
 
 class EventSocket:
-    """ComfyUI's event stream: JSON messages only; binary preview frames are dropped."""
+    """ComfyUI's event stream: JSON messages as dicts, binary messages as ``BinaryFrame``."""
 
     def __init__(self, conn: ClientConnection, closer: contextlib.ExitStack) -> None:
         self._conn = conn
         self._closer = closer
 
-    def recv(self, timeout: float) -> dict[str, Any] | None:
-        """The next JSON message, or None if none came within ``timeout``; SocketClosed if gone."""
+    def recv(self, timeout: float) -> dict[str, Any] | BinaryFrame | None:
+        """The next message, or None if none came within ``timeout``; SocketClosed if gone."""
         from websockets.exceptions import ConnectionClosed
 
         deadline = time.monotonic() + max(0.0, timeout)
@@ -406,7 +505,10 @@ class EventSocket:
             except OSError as exc:
                 raise SocketClosed(repr(exc)) from exc
             if isinstance(frame, bytes | bytearray | memoryview):
-                continue  # latent previews (event types 1 and 4); we only report progress
+                parsed = parse_binary_frame(bytes(frame))
+                if parsed is not None:
+                    return parsed
+                continue
             try:
                 msg = json.loads(frame)
             except ValueError:
@@ -446,10 +548,14 @@ def follow_prompt(
     check_alive: Callable[[], None] | None = None,
     cancel: threading.Event | None = None,
     poll_s: float = defaults.COMFY_HISTORY_POLL_S,
+    on_frame: FrameCallback | None = None,
+    on_socket_lost: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Wait until ``prompt_id`` is finished and return its history entry (success or not).
 
-    Events for the prompt go to ``on_event`` while the socket is open.  When it drops (or is
+    Events for the prompt go to ``on_event`` while the socket is open, binary frames to
+    ``on_frame``; ``on_socket_lost`` hears of every moment without a socket (from the start when
+    ``socket`` is None), during which events and frames may have been missed.  When it drops (or is
     None) /history is polled every ``poll_s`` and, if ``client_id`` is given, the socket is
     reopened now and then.  ``check_alive`` (the process watch) runs every iteration, so a dead
     ComfyUI is reported within about ``poll_s``.  Raises ExecutionTimeout at ``deadline`` (after
@@ -457,6 +563,10 @@ def follow_prompt(
     prompt vanished from the queue, ComfyUIUnavailable when ComfyUI is gone.
     """
     w = _Follower(api, prompt_id, socket, client_id, on_event, check_alive, cancel, poll_s)
+    w.on_frame = on_frame
+    w.on_socket_lost = on_socket_lost
+    if socket is None and on_socket_lost is not None:
+        on_socket_lost()
     try:
         return w.run(deadline)
     finally:
@@ -490,6 +600,8 @@ class _Follower:
         self.last_reconnect = now
         self.cancel_sent_at: float | None = None
         self.unreachable_since: float | None = None
+        self.on_frame: FrameCallback | None = None
+        self.on_socket_lost: Callable[[], None] | None = None
 
     def run(self, deadline: float) -> dict[str, Any]:
         while True:
@@ -534,7 +646,13 @@ class _Follower:
             self.socket.close()
             self.socket = None
             self.last_reconnect = time.monotonic()
+            if self.on_socket_lost is not None:
+                self.on_socket_lost()
             return self._lookup()  # it may have finished just before the socket went
+        if isinstance(msg, BinaryFrame):
+            if self.on_frame is not None:
+                self.on_frame(msg)
+            return None
         if msg is None:
             if self.cancel_sent_at is not None or (
                 time.monotonic() - self.last_history_check >= defaults.COMFY_WS_SILENCE_CHECK_S

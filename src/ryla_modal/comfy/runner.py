@@ -1,8 +1,13 @@
-"""Run one job end to end on a ComfyUI server: upload, submit, follow, collect.
+"""Run one job end to end on a ComfyUI server: fetch, upload, submit, follow, collect.
 
 The same code runs inside the Modal container and behind ``ryla serve``.  The job id is
 ComfyUI's ``prompt_id``, which makes a retried job safe: if ComfyUI already knows the prompt
 (queued, running or finished) it is followed or collected, never submitted a second time.
+
+Every output kind is collected: files any output node lists in its history entry (images, gifs,
+video, audio, 3d...), ``temp`` previews when asked, strings under ``text`` (PreviewAny) as text
+outputs, and the images ``SaveImageWebsocket`` sends as binary websocket frames instead of
+writing a file.  Inputs given by URL are fetched (``fetch.py``) before anything is submitted.
 
 Example::
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import io
 import mimetypes
@@ -29,12 +35,17 @@ from typing import Any
 
 from ryla_modal import defaults
 from ryla_modal.comfy.api import (
+    TERMINAL_EVENTS,
+    BinaryFrame,
     ComfyAPI,
     EventSocket,
     OutputRef,
     SocketClosed,
+    TextOutput,
     follow_prompt,
+    node_sort_key,
     output_refs,
+    output_texts,
     raise_for_history,
 )
 from ryla_modal.comfy.process import ComfyProcess
@@ -44,6 +55,7 @@ from ryla_modal.errors import (
     OutputIntegrityError,
     WorkflowFormatError,
 )
+from ryla_modal.fetch import FetchRules, fetch_url
 from ryla_modal.outputs import safe_basename, save_stream
 
 #: Extensions the stdlib ``mimetypes`` table may not know, or knows differently per platform.
@@ -61,12 +73,24 @@ _EXTRA_MIME = {
     ".wav": "audio/wav",
     ".mp3": "audio/mpeg",
     ".ogg": "audio/ogg",
-    ".opus": "audio/opus",
+    ".opus": "audio/ogg",  # Ogg Opus (RFC 7845); browsers play it as audio/ogg
     ".json": "application/json",
     ".txt": "text/plain",
     ".glb": "model/gltf-binary",
+    ".gltf": "model/gltf+json",
+    ".obj": "model/obj",
+    ".stl": "model/stl",
+    ".ply": "application/x-ply",
+    ".fbx": "application/octet-stream",
+    ".m4a": "audio/mp4",
+    ".aac": "audio/aac",
+    ".svg": "image/svg+xml",
     ".safetensors": "application/octet-stream",
 }
+
+#: Node classes that send their images as binary websocket frames and write no file.
+WEBSOCKET_IMAGE_NODES = frozenset({"SaveImageWebsocket"})
+_IMAGE_EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 #: The input key the runner adds to sink nodes when ``delete_outputs`` is on; ComfyUI ignores
 #: inputs its node does not declare, but they change the node's cache signature.
@@ -114,6 +138,21 @@ class InputFile:
 
 
 @dataclass(frozen=True)
+class InputURL:
+    """A file the workflow loads by name, fetched by the worker from ``url`` before submitting.
+
+    ``sha256`` set: the fetched bytes must match it, or the job fails before it runs.
+    """
+
+    name: str
+    url: str = field(repr=False)  # presigned URLs carry secrets; see netsafety.redact_url
+    sha256: str | None = None
+
+
+JobInput = InputFile | InputURL
+
+
+@dataclass(frozen=True)
 class RunnerProgress:
     """Where one run is, as the runner reports it to its ``on_progress`` callback."""
 
@@ -133,18 +172,21 @@ class OutputFile:
     filename: str  # a safe basename of ComfyUI's file name (never a path)
     subfolder: str
     type: str  # ComfyUI folder type (output/temp)
-    kind: str  # the history key it came from: "images", "gifs", "audio", "video", ...
+    kind: str  # the history key it came from: "images", "gifs", "audio", "3d", "text", ...
     mime: str
     size: int
     sha256: str
     path: Path | None = None
     data: bytes | None = field(default=None, repr=False)
+    text: str | None = None  # a text output's string (its file holds the same, UTF-8)
 
 
 @dataclass
 class RunTimings:
     """Seconds spent in each step of one run; the steps do not overlap, so they add up."""
 
+    #: fetching the inputs given by URL
+    fetching_inputs: float = 0.0
     uploading_inputs: float = 0.0
     #: submitted, waiting in ComfyUI's own queue behind other prompts
     waiting_in_comfyui: float = 0.0
@@ -322,11 +364,66 @@ class _ProgressTracker:
         self.emit(self.progress())
 
 
+class _SocketImages:
+    """The images websocket-saving nodes send during one job, and whether none can be missing.
+
+    A frame belongs to node X when it arrives between ``executing X`` and the next ``executing``
+    (or the end) of our prompt; event 4 frames also name their prompt and node, which must agree.
+    Latent previews of other nodes (KSampler) arrive the same way and are left out.  Nothing
+    else keeps these images, so a node whose run was not watched on one unbroken socket lost
+    some: ``missing()`` names it and the job fails instead of succeeding with fewer outputs.
+    """
+
+    def __init__(self, workflow: Mapping[str, Any], job_id: str, node_types: frozenset[str]):
+        self.job_id = job_id
+        self.nodes = {
+            str(nid)
+            for nid, node in workflow.items()
+            if isinstance(node, dict) and node.get("class_type") in node_types
+        }
+        self.current: str | None = None
+        self.clean = False
+        self.complete: set[str] = set()
+        self.frames: list[tuple[str, str, bytes]] = []  # (node_id, mime, bytes)
+
+    def on_event(self, kind: str, data: Mapping[str, Any]) -> None:
+        if kind == "executing":
+            self._end()
+            node = data.get("node")
+            if node is not None:
+                self.current, self.clean = str(node), True
+        elif kind in TERMINAL_EVENTS:
+            self._end()
+
+    def _end(self) -> None:
+        if self.current is not None and self.clean:
+            self.complete.add(self.current)
+        self.current = None
+
+    def on_socket_lost(self) -> None:
+        self.clean = False  # the node running now may have sent frames nobody received
+
+    def on_frame(self, frame: BinaryFrame) -> None:
+        if frame.mime is None or self.current not in self.nodes:
+            return
+        if frame.prompt_id is not None and frame.prompt_id != self.job_id:
+            return
+        if frame.node_id is not None and frame.node_id != self.current:
+            return
+        self.frames.append((self.current, frame.mime, frame.data))
+
+    def missing(self) -> list[str]:
+        return sorted(self.nodes - self.complete, key=node_sort_key)
+
+
 class ComfyRunner:
     """Runs jobs on one ComfyUI server; safe to share between threads (one job per call).
 
     ``work_dir`` set: outputs are streamed to ``work_dir/<job_id>/``; else kept as bytes.
-    ``include_temp``: also collect PreviewImage-style files from ComfyUI's temp folder.
+    ``include_temp``: also collect PreviewImage-style files from ComfyUI's temp folder (the
+    default for ``run(previews=None)``).  ``fetch_rules``: how inputs given by URL are fetched
+    (address rules, size cap, deadline).  ``websocket_nodes``: node classes whose images arrive
+    as binary websocket frames.
     ``delete_outputs`` (needs ``comfy_output_dir``): remove the job's files from ComfyUI's output
     folder after collecting them, so a long-lived container does not fill its disk; each job's
     output nodes then re-run even when cached (see ``uncache_sinks``).
@@ -345,6 +442,8 @@ class ComfyRunner:
         include_temp: bool = False,
         history_poll_s: float = defaults.COMFY_HISTORY_POLL_S,
         default_timeout_s: float = defaults.EXECUTION_TIMEOUT_S,
+        fetch_rules: FetchRules | None = None,
+        websocket_nodes: frozenset[str] = WEBSOCKET_IMAGE_NODES,
     ) -> None:
         if delete_outputs and comfy_output_dir is None:
             raise ValueError("delete_outputs=True needs comfy_output_dir (ComfyUI's output folder)")
@@ -356,6 +455,8 @@ class ComfyRunner:
         self.include_temp = include_temp
         self.history_poll_s = history_poll_s
         self.default_timeout_s = default_timeout_s
+        self.fetch_rules = fetch_rules or FetchRules()
+        self.websocket_nodes = websocket_nodes
 
     def close(self) -> None:
         self.api.close()
@@ -377,15 +478,18 @@ class ComfyRunner:
         workflow: Mapping[str, Any],
         *,
         job_id: str,
-        inputs: Sequence[InputFile] = (),
+        inputs: Sequence[JobInput] = (),
         on_progress: ProgressCallback | None = None,
         timeout_s: float | None = None,
         cancel: threading.Event | None = None,
+        previews: bool | None = None,
     ) -> RunResult:
-        """Run ``workflow`` as prompt ``job_id`` and collect every output file.
+        """Run ``workflow`` as prompt ``job_id`` and collect every output.
 
-        Raises WorkflowValidationError, ExecutionError, JobCancelled, ComfyUIUnavailable,
-        ExecutionTimeout (with ``job_id``) or OutputIntegrityError.
+        ``previews``: also collect ``temp`` files (PreviewImage); None: the runner's default.
+        Raises InputFetchError (before anything is submitted), WorkflowValidationError,
+        ExecutionError, JobCancelled, ComfyUIUnavailable, ExecutionTimeout (with ``job_id``) or
+        OutputIntegrityError.
         """
         if not job_id:
             raise ValueError("job_id must be a non-empty string")
@@ -394,23 +498,33 @@ class ComfyRunner:
         timings = RunTimings()
         emit = _safe_emitter(on_progress)
         tracker = _ProgressTracker(workflow, emit)
+        sent = _SocketImages(workflow, job_id, self.websocket_nodes)
 
         try:
             entry = self._submit_and_follow(
-                workflow, job_id, inputs, deadline, tracker, timings, cancel, emit
+                workflow, job_id, inputs, deadline, tracker, timings, cancel, emit, sent
             )
         except ComfyUIUnavailable as exc:
             raise self._explain(exc) from exc
         t_exec_end = time.monotonic()
         raise_for_history(entry, job_id=job_id)
+        lost = sent.missing()
+        if lost:
+            raise OutputIntegrityError(
+                f"job {job_id}: node(s) {', '.join(lost)} send their images over the websocket"
+                " (SaveImageWebsocket), and this run did not hold the socket for all of it (it"
+                " dropped, or the job was already running); those images are lost",
+                hint="run the job again with a new job_id",
+            )
 
         emit(
             RunnerProgress(
                 phase="collecting_outputs", nodes_done=tracker.total, nodes_total=tracker.total
             )
         )
+        include_temp = self.include_temp if previews is None else previews
         try:
-            outputs = self._collect(entry, job_id)
+            outputs = self._collect(entry, job_id, include_temp, sent.frames)
         except ComfyUIUnavailable as exc:
             raise self._explain(exc) from exc
         if self.delete_outputs:
@@ -423,12 +537,13 @@ class ComfyRunner:
         self,
         workflow: Mapping[str, Any],
         job_id: str,
-        inputs: Sequence[InputFile],
+        inputs: Sequence[JobInput],
         deadline: float,
         tracker: _ProgressTracker,
         timings: RunTimings,
         cancel: threading.Event | None,
         emit: Callable[[RunnerProgress], None],
+        sent: _SocketImages,
     ) -> dict[str, Any]:
         check_alive = self.process.check_alive if self.process is not None else None
         if check_alive is not None:
@@ -450,6 +565,7 @@ class ComfyRunner:
                 check_alive=check_alive,
                 cancel=cancel,
                 poll_s=self.history_poll_s,
+                on_socket_lost=sent.on_socket_lost,
             )
             timings.executing = time.monotonic() - t0
             return entry
@@ -458,7 +574,10 @@ class ComfyRunner:
         prompt = dict(workflow)
         if inputs:
             emit(RunnerProgress(phase="uploading_inputs", nodes_total=tracker.total))
-            prompt = with_input_names(prompt, self._upload(inputs))
+            files = self._fetch(inputs, deadline)
+            timings.fetching_inputs = time.monotonic() - t0
+            t0 = time.monotonic()
+            prompt = with_input_names(prompt, self._upload(files))
         timings.uploading_inputs = time.monotonic() - t0
 
         if cancel is not None and cancel.is_set():
@@ -481,10 +600,12 @@ class ComfyRunner:
                 socket=socket,
                 client_id=client_id,
                 deadline=deadline,
-                on_event=tracker.on_event,
+                on_event=_both(tracker.on_event, sent.on_event),
                 check_alive=check_alive,
                 cancel=cancel,
                 poll_s=self.history_poll_s,
+                on_frame=sent.on_frame,
+                on_socket_lost=sent.on_socket_lost,
             )
         finally:
             if socket is not None:
@@ -508,6 +629,21 @@ class ComfyRunner:
                 if self.api.queue_state(job_id) or self.api.history(job_id) is not None:
                     return
             raise
+
+    def _fetch(self, inputs: Sequence[JobInput], deadline: float) -> list[InputFile]:
+        """Every input as bytes: URLs fetched under the rules, all before any upload."""
+        files: list[InputFile] = []
+        for item in inputs:
+            if isinstance(item, InputFile):
+                files.append(item)
+                continue
+            rules = self.fetch_rules
+            left = deadline - time.monotonic()
+            if left < rules.timeout_s:
+                rules = dataclasses.replace(rules, timeout_s=max(0.1, left))
+            data = fetch_url(item.url, name=item.name, rules=rules, expected_sha256=item.sha256)
+            files.append(InputFile(item.name, data))
+        return files
 
     def _upload(self, inputs: Sequence[InputFile]) -> dict[str, str]:
         """Upload each input under its content-chosen name; returns {name: stored name}."""
@@ -535,10 +671,71 @@ class ComfyRunner:
 
     # --- outputs ------------------------------------------------------------------------------
 
-    def _collect(self, entry: Mapping[str, Any], job_id: str) -> list[OutputFile]:
-        refs = output_refs(entry, include_temp=self.include_temp)
+    def _collect(
+        self,
+        entry: Mapping[str, Any],
+        job_id: str,
+        include_temp: bool,
+        frames: Sequence[tuple[str, str, bytes]],
+    ) -> list[OutputFile]:
+        """Files, texts and websocket images, in node order (a node's files first)."""
         folder = self.work_dir / safe_basename(job_id, fallback="job") if self.work_dir else None
-        return [self._download(i, ref, folder) for i, ref in enumerate(refs)]
+        items: list[OutputRef | TextOutput | tuple[str, str, bytes]] = [
+            *output_refs(entry, include_temp=include_temp),
+            *output_texts(entry),
+            *frames,
+        ]
+        items.sort(key=lambda item: node_sort_key(_node_of(item)))
+        outputs: list[OutputFile] = []
+        per_node: dict[tuple[str, str], int] = {}
+        for index, item in enumerate(items):
+            if isinstance(item, OutputRef):
+                outputs.append(self._download(index, item, folder))
+                continue
+            node_id = _node_of(item)
+            kind = "text" if isinstance(item, TextOutput) else "images"
+            n = per_node[(node_id, kind)] = per_node.get((node_id, kind), 0) + 1
+            if isinstance(item, TextOutput):
+                name, mime, data = f"text_{n:05}_.txt", "text/plain", item.text.encode("utf-8")
+                text: str | None = item.text
+            else:
+                _node, mime, data = item
+                name, text = f"SaveImageWebsocket_{n:05}_.{_IMAGE_EXT.get(mime, 'bin')}", None
+            outputs.append(self._keep(index, node_id, kind, name, mime, data, text, folder))
+        return outputs
+
+    def _keep(
+        self,
+        index: int,
+        node_id: str,
+        kind: str,
+        name: str,
+        mime: str,
+        data: bytes,
+        text: str | None,
+        folder: Path | None,
+    ) -> OutputFile:
+        """An output that exists only in memory (a text, a websocket image), kept like a file."""
+        path: Path | None = None
+        if folder is not None:
+            node = safe_basename(node_id, max_len=16, fallback="node")
+            path, sha, size = save_stream(folder, f"{node}_{name}", [data])
+        else:
+            sha, size = hashlib.sha256(data).hexdigest(), len(data)
+        return OutputFile(
+            index=index,
+            node_id=node_id,
+            filename=name,
+            subfolder="",
+            type="text" if kind == "text" else "websocket",
+            kind=kind,
+            mime=mime,
+            size=size,
+            sha256=sha,
+            path=path,
+            data=None if folder is not None else data,
+            text=text,
+        )
 
     def _download(self, index: int, ref: OutputRef, folder: Path | None) -> OutputFile:
         local_name = safe_basename(ref.filename)
@@ -599,6 +796,21 @@ class ComfyRunner:
         return exc
 
 
+def _node_of(item: OutputRef | TextOutput | tuple[str, str, bytes]) -> str:
+    return item[0] if isinstance(item, tuple) else item.node_id
+
+
+def _both(
+    first: Callable[[str, Mapping[str, Any]], None],
+    second: Callable[[str, Mapping[str, Any]], None],
+) -> Callable[[str, Mapping[str, Any]], None]:
+    def both(kind: str, data: Mapping[str, Any]) -> None:
+        first(kind, data)
+        second(kind, data)
+
+    return both
+
+
 def _read_all(chunks: Iterator[bytes]) -> tuple[bytes, str, int]:
     buf = io.BytesIO()
     digest = hashlib.sha256()
@@ -626,8 +838,11 @@ def _safe_emitter(cb: ProgressCallback | None) -> Callable[[RunnerProgress], Non
 
 __all__ = [
     "MODEL_LOADER_PREFIXES",
+    "WEBSOCKET_IMAGE_NODES",
     "ComfyRunner",
     "InputFile",
+    "InputURL",
+    "JobInput",
     "OutputFile",
     "RunResult",
     "RunTimings",
