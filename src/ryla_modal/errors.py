@@ -125,6 +125,21 @@ class WorkflowValidationError(WorkflowError):
         return lines
 
 
+class InputFetchError(WorkflowError):
+    """An input given by URL was refused, could not be fetched, was too large or did not match
+    its sha256; the job stopped before ComfyUI ran anything.
+
+    ``reason`` is the job error's type: ``input_url_refused``, ``input_fetch_failed``,
+    ``input_too_large`` or ``input_sha256_mismatch``.  Messages show the URL without its query
+    string (presigned URLs carry their secret there).
+    """
+
+    def __init__(self, message: str, *, reason: str, name: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+        self.name = name
+
+
 class ExecutionError(RylaError):
     """A node raised while ComfyUI ran the graph."""
 
