@@ -20,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
+from ryla_modal.fetch import FetchRules
 from ryla_modal.gateway.app import Limits, create_app
 from ryla_modal.gateway.executors import LocalExecutor
 from ryla_modal.gateway.object_info import ComfyObjectInfo
@@ -111,10 +112,16 @@ def running_gateway(
     limits: Limits | None = None,
     workers: int = 4,
     validate: bool = True,
+    fetch_rules: FetchRules | None = None,
 ) -> Iterator[Gateway]:
     store = store or MemoryJobStore()
     executor = LocalExecutor(
-        store, comfy.base_url, process=comfy.process, workers=workers, work_dir=work_dir
+        store,
+        comfy.base_url,
+        process=comfy.process,
+        workers=workers,
+        work_dir=work_dir,
+        fetch_rules=fetch_rules,
     )
     object_info = ComfyObjectInfo(comfy.base_url) if validate else None
     app = create_app(executor, store, token=token, object_info=object_info, limits=limits)

@@ -190,6 +190,7 @@ def test_success_downloads_every_output_with_checksums(comfy: ComfyServer) -> No
     assert {p.node_type for p in executing} >= {"EmptyImage", "SaveImage"}
     assert max(p.nodes_done for p in seen) == 4 and all(p.nodes_total == 4 for p in seen)
     assert result.timings.executing > 0 and result.timings.collecting_outputs > 0
+    assert result.timings.fetching_inputs is None  # no inputs by URL: a step not taken
     assert all(v is None or v >= 0 for v in vars(result.timings).values())
     assert result.nodes_total == 4
 

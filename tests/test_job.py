@@ -53,7 +53,17 @@ def full_record() -> schemas.JobRecord:
                 size=123,
                 sha256="ab" * 32,
                 data_b64="aGk=",
-            )
+            ),
+            schemas.OutputInfo(
+                index=1,
+                node_id="12",
+                filename="text_00001_.txt",
+                kind="text",
+                mime="text/plain",
+                size=5,
+                sha256="cd" * 32,
+                text="hello",
+            ),
         ],
         error=schemas.JobError.model_validate(
             {

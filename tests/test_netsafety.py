@@ -82,7 +82,7 @@ def test_every_resolved_address_must_be_public() -> None:
         assert (host, port) == ("mixed.example", 443)
         return ["93.184.216.34", "10.0.0.7"]
 
-    with pytest.raises(UnsafeURL, match="10.0.0.7"):
+    with pytest.raises(UnsafeURL, match=r"10\.0\.0\.7"):
         check_url("https://mixed.example/x", resolve=resolve)
     check_url("https://mixed.example/x", resolve=resolve, allow_private=True)
 

@@ -1,4 +1,4 @@
-"""Every output kind and inputs by URL, one job at a time, against ComfyUI (stand-in; real when set).
+"""Every output kind and inputs by URL, one job at a time, against ComfyUI (stand-in; real too).
 
 Kinds: text (PreviewAny), images sent as websocket frames (SaveImageWebsocket), ``temp``
 previews (PreviewImage, PreviewAudio) only when asked, audio (SaveAudio, SaveAudioMP3,
@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ryla_modal.comfy.runner import ComfyRunner, InputFile, InputURL, OutputFile
+from ryla_modal.comfy.runner import ComfyRunner, InputFile, InputURL, JobInput, OutputFile
 from ryla_modal.errors import InputFetchError, OutputIntegrityError
 from ryla_modal.fetch import FetchRules
 from tests._file_server import file_server
@@ -163,9 +163,11 @@ def test_websocket_images_without_a_socket_fail_the_job(comfy: ComfyServer) -> N
     """Nothing else keeps these images: a run that could not watch them all must say so."""
     proxy = NoSocketProxy(int(comfy.base_url.rsplit(":", 1)[1]))
     try:
-        with ComfyRunner(proxy.url, history_poll_s=0.05) as runner:
-            with pytest.raises(OutputIntegrityError, match="SaveImageWebsocket") as info:
-                runner.run(websocket_workflow(batch=1), job_id=job(), timeout_s=60)
+        with (
+            ComfyRunner(proxy.url, history_poll_s=0.05) as runner,
+            pytest.raises(OutputIntegrityError, match="SaveImageWebsocket") as info,
+        ):
+            runner.run(websocket_workflow(batch=1), job_id=job(), timeout_s=60)
     finally:
         proxy.close()
     assert "new job_id" in (info.value.hint or "")
@@ -184,9 +186,11 @@ def test_websocket_images_lost_to_a_dropped_socket_fail_the_job(
         "3": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["2", 0]}},
     }
     set_fault(server, "drop-socket", after_node=1)
-    with runner_for(server, history_poll_s=0.05) as runner:
-        with pytest.raises(OutputIntegrityError, match="node\\(s\\) 3 "):
-            runner.run(wf, job_id=job(), timeout_s=60)
+    with (
+        runner_for(server, history_poll_s=0.05) as runner,
+        pytest.raises(OutputIntegrityError, match=r"node\(s\) 3 "),
+    ):
+        runner.run(wf, job_id=job(), timeout_s=60)
 
 
 # --- temp previews ------------------------------------------------------------------------------
@@ -302,7 +306,8 @@ def test_url_inputs_are_fetched_and_loaded(comfy: ComfyServer) -> None:
         assert srv.hits[f"/files/{name}"] == 1
     (out,) = result.outputs
     assert size_of(out.data) == (12, 10)
-    assert {"fetching_inputs", "uploading_inputs"} <= set(result.timings)
+    fetching = result.timings.fetching_inputs
+    assert fetching is not None and fetching > 0.0  # a step of its own, before uploading
 
 
 def test_url_and_uploaded_inputs_together(comfy: ComfyServer) -> None:
@@ -318,7 +323,10 @@ def test_url_and_uploaded_inputs_together(comfy: ComfyServer) -> None:
     }
     with file_server() as srv:
         srv.files[name_b] = b
-        inputs = [InputFile(name_a, a), InputURL(name_b, srv.url(f"/chunked/{name_b}"))]
+        inputs: list[JobInput] = [
+            InputFile(name_a, a),
+            InputURL(name_b, srv.url(f"/chunked/{name_b}")),
+        ]
         with runner_for(comfy, fetch_rules=LOCAL_URLS) as runner:
             result = runner.run(wf, job_id=job(), inputs=inputs, timeout_s=60)
     assert sorted(size_of(o.data) for o in result.outputs) == [(6, 6), (9, 9)]
@@ -353,14 +361,16 @@ def test_bad_url_inputs_fail_before_anything_is_submitted(
         elif case == "missing":
             url = srv.url("/files/nothing-here.png")
         before = fake_stats(comfy)["prompts_received"] if comfy.is_stub else None
-        with runner_for(comfy, fetch_rules=rules) as runner:
-            with pytest.raises(InputFetchError) as info:
-                runner.run(
-                    load_url_workflow(name, unique("never")),
-                    job_id=job(),
-                    inputs=[InputURL(name, url, sha)],
-                    timeout_s=60,
-                )
+        with (
+            runner_for(comfy, fetch_rules=rules) as runner,
+            pytest.raises(InputFetchError) as info,
+        ):
+            runner.run(
+                load_url_workflow(name, unique("never")),
+                job_id=job(),
+                inputs=[InputURL(name, url, sha)],
+                timeout_s=60,
+            )
     assert info.value.reason == reason and info.value.name == name
     if before is not None:
         assert fake_stats(comfy)["prompts_received"] == before  # ComfyUI never saw the job

@@ -275,3 +275,29 @@ def _version() -> str:
     from ryla_modal import __version__
 
     return __version__
+
+
+def test_allow_private_urls_lets_local_inputs_by_url_through(
+    launch_serve: Callable[..., Serve], tmp_path: Path
+) -> None:
+    """By default a loopback URL is refused at submit; `--allow-private-urls` fetches it."""
+    from tests._file_server import file_server
+    from tests.gateway_fixtures import load_image_workflow, png_bytes
+
+    name = f"{unique('srvurl')}.png"
+    strict = launch_serve(tmp_path / "strict")
+    allowing = launch_serve(tmp_path / "allowing", "--allow-private-urls")
+    with file_server() as files, strict.client() as sc, allowing.client() as ac:
+        files.files[name] = png_bytes(size=5)
+        body = {
+            "workflow": load_image_workflow(name, unique("srvurl")),
+            "inputs": [{"name": name, "url": files.url(f"/files/{name}")}],
+        }
+        refused = sc.post("/jobs", json=body)
+        assert refused.status_code == 422
+        assert refused.json()["error"]["type"] == "input_url_refused"
+        accepted = ac.post("/jobs", json=body)
+        assert accepted.status_code == 202, accepted.text
+        job = wait_job(ac, accepted.json()["job_id"])
+        assert job["status"] == "succeeded", job
+        assert files.hits[f"/files/{name}"] == 1

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 from tenacity import (
@@ -75,6 +76,8 @@ class SavedOutput:
     mime: str
     size: int
     sha256: str
+    kind: str = ""  # the output's kind: "images", "audio", "3d", "text", ...
+    text: str | None = None  # a text output's string (the file holds it too)
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,11 @@ class GenerateResult:
     manifest: Path | None
     workflow: dict[str, Any] = field(repr=False, default_factory=dict)
 
+    @property
+    def texts(self) -> list[str]:
+        """The strings of the text outputs (PreviewAny & co.), in output order."""
+        return [f.text for f in self.files if f.text is not None]
+
 
 @dataclass(frozen=True)
 class InputUpload:
@@ -132,6 +140,32 @@ class InputUpload:
     def from_path(cls, path: str | Path) -> InputUpload:
         p = Path(path)
         return cls(p.name, p.read_bytes())
+
+
+@dataclass(frozen=True)
+class InputURL:
+    """A file for ComfyUI's input folder that the server fetches from ``url`` itself.
+
+    Large files need not travel through the job API.  The server fetches public http(s) URLs
+    only (no redirects, a size cap); ``sha256`` set: a different file fails the job before it
+    runs.  ``name`` is what the workflow's LoadImage names.
+    """
+
+    name: str
+    url: str = field(repr=False)  # presigned URLs carry secrets
+    sha256: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, name: str | None = None, sha256: str | None = None) -> InputURL:
+        """Name by the URL's last path segment; a ``#sha256=HEX`` fragment gives the checksum
+        (fragments never leave the client, so the URL fetched is the same without it)."""
+        base, _, fragment = url.partition("#")
+        if sha256 is None and fragment.startswith("sha256="):
+            sha256 = fragment[len("sha256=") :]
+        return cls(name or unquote(urlsplit(base).path.rsplit("/", 1)[-1]), base, sha256)
+
+
+InputLike = InputUpload | InputURL
 
 
 class _RetryableStatus(Exception):
@@ -177,17 +211,17 @@ class _Core:
         self,
         workflow: Mapping[str, Any],
         job_id: str,
-        inputs: Sequence[InputUpload],
+        inputs: Sequence[InputLike],
         timeout_s: int | None,
+        previews: bool = False,
     ) -> _Request:
         body: dict[str, Any] = {"job_id": job_id, "workflow": dict(workflow)}
         if inputs:
-            body["inputs"] = [
-                {"name": i.name, "data_b64": base64.b64encode(i.data).decode("ascii")}
-                for i in inputs
-            ]
+            body["inputs"] = [_input_body(i) for i in inputs]
         if timeout_s is not None:
             body["timeout_s"] = int(timeout_s)
+        if previews:
+            body["previews"] = True
         return _Request("POST", "/jobs", json=body)
 
     def status(self, job_id: str, wait: float) -> _Request:
@@ -338,6 +372,15 @@ class _Core:
             exception_type=err.exception_type if err else None,
             traceback_tail=list(err.traceback_tail or []) if err else [],
         )
+
+
+def _input_body(item: InputLike) -> dict[str, Any]:
+    if isinstance(item, InputURL):
+        body: dict[str, Any] = {"name": item.name, "url": item.url}
+        if item.sha256 is not None:
+            body["sha256"] = item.sha256
+        return body
+    return {"name": item.name, "data_b64": base64.b64encode(item.data).decode("ascii")}
 
 
 def _error_body(response: httpx.Response) -> dict[str, Any]:
@@ -542,12 +585,13 @@ class RylaClient:
         workflow: WorkflowLike,
         *,
         job_id: str | None = None,
-        inputs: Sequence[InputUpload] = (),
+        inputs: Sequence[InputLike] = (),
         timeout_s: int | None = None,
+        previews: bool = False,
     ) -> Job:
         """Start a job; safe to call again with the same ``job_id`` (it never runs twice)."""
         job_id = job_id or str(uuid.uuid4())
-        req = self._core.submit(_workflow_dict(workflow), job_id, inputs, timeout_s)
+        req = self._core.submit(_workflow_dict(workflow), job_id, inputs, timeout_s, previews)
         return self._core.parse_job(self._send(req), job_id=None)
 
     def status(self, job_id: str, *, wait: float = 0) -> Job:
@@ -637,6 +681,7 @@ class RylaClient:
             saved_one = self._download_one(
                 job, out.index, folder, out.node_id, out.filename, out.sha256
             )
+            saved_one = dataclasses.replace(saved_one, kind=out.kind, text=out.text)
             saved.append(saved_one)
             if on_event:
                 on_event(JobEvent("saved", job, time.monotonic() - started, saved_one))
@@ -687,7 +732,8 @@ class RylaClient:
         *,
         out_dir: str | Path = "outputs",
         job_id: str | None = None,
-        inputs: Sequence[InputUpload] = (),
+        inputs: Sequence[InputLike] = (),
+        previews: bool = False,
         on_event: EventCallback | None = None,
         cold_start_timeout: float | None = None,
         execution_timeout: float | None = None,
@@ -698,7 +744,7 @@ class RylaClient:
         wf = _workflow_dict(workflow)
         job_id = job_id or str(uuid.uuid4())
         started = time.monotonic()
-        job = self.submit(wf, job_id=job_id, inputs=inputs)
+        job = self.submit(wf, job_id=job_id, inputs=inputs, previews=previews)
         if on_event:
             on_event(JobEvent("submitted", job, time.monotonic() - started))
         job = self.wait(
@@ -809,11 +855,12 @@ class AsyncRylaClient:
         workflow: WorkflowLike,
         *,
         job_id: str | None = None,
-        inputs: Sequence[InputUpload] = (),
+        inputs: Sequence[InputLike] = (),
         timeout_s: int | None = None,
+        previews: bool = False,
     ) -> Job:
         job_id = job_id or str(uuid.uuid4())
-        req = self._core.submit(_workflow_dict(workflow), job_id, inputs, timeout_s)
+        req = self._core.submit(_workflow_dict(workflow), job_id, inputs, timeout_s, previews)
         return self._core.parse_job(await self._send(req))
 
     async def status(self, job_id: str, *, wait: float = 0) -> Job:
@@ -897,6 +944,7 @@ class AsyncRylaClient:
             one = await self._download_one(
                 job, out.index, folder, out.node_id, out.filename, out.sha256
             )
+            one = dataclasses.replace(one, kind=out.kind, text=out.text)
             saved.append(one)
             if on_event:
                 on_event(JobEvent("saved", job, time.monotonic() - started, one))
@@ -952,7 +1000,8 @@ class AsyncRylaClient:
         *,
         out_dir: str | Path = "outputs",
         job_id: str | None = None,
-        inputs: Sequence[InputUpload] = (),
+        inputs: Sequence[InputLike] = (),
+        previews: bool = False,
         on_event: EventCallback | None = None,
         cold_start_timeout: float | None = None,
         execution_timeout: float | None = None,
@@ -964,7 +1013,7 @@ class AsyncRylaClient:
         wf = _workflow_dict(workflow)
         job_id = job_id or str(uuid.uuid4())
         started = time.monotonic()
-        job = await self.submit(wf, job_id=job_id, inputs=inputs)
+        job = await self.submit(wf, job_id=job_id, inputs=inputs, previews=previews)
         if on_event:
             on_event(JobEvent("submitted", job, time.monotonic() - started))
         job = await self.wait(

@@ -167,6 +167,7 @@ class Timings:
     queued: float | None = None
     container_start: float | None = None
     starting_comfyui: float | None = None
+    fetching_inputs: float | None = None
     uploading_inputs: float | None = None
     waiting_in_comfyui: float | None = None
     model_load: float | None = None
@@ -223,7 +224,11 @@ class Timings:
 
 @dataclass(frozen=True)
 class OutputInfo:
-    """One output file; download it from ``GET /jobs/{id}/outputs/{index}``."""
+    """One output; download it from ``GET /jobs/{id}/outputs/{index}``.
+
+    ``kind`` is the history key it came from ("images", "gifs", "audio", "3d", ...); a ``text``
+    output (PreviewAny) is a file too and also carries its string in ``text``.
+    """
 
     index: int
     node_id: str
@@ -233,6 +238,7 @@ class OutputInfo:
     size: int
     sha256: str
     data_b64: str | None = field(default=None, repr=False)
+    text: str | None = None
 
     @classmethod
     def from_dict(cls, data: object, where: str = "output") -> OutputInfo:
@@ -246,6 +252,7 @@ class OutputInfo:
             size=r.integer("size"),
             sha256=r.text("sha256"),
             data_b64=r.opt_text("data_b64"),
+            text=r.opt_text("text"),
         )
 
 

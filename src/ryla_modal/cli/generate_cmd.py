@@ -24,7 +24,7 @@ from ryla_modal.errors import EXIT_INTERRUPTED, EXIT_TIMEOUT, RylaError, RylaTim
 
 if TYPE_CHECKING:  # pragma: no cover
     from ryla_modal.cli._render import Renderer
-    from ryla_modal.client import GenerateResult, InputUpload, JobEvent, RylaClient
+    from ryla_modal.client import GenerateResult, InputLike, JobEvent, RylaClient
     from ryla_modal.job import Job
     from ryla_modal.workflow import Workflow
 
@@ -97,14 +97,23 @@ def generate_cmd(
         ),
     ] = None,
     inputs: Annotated[
-        list[Path] | None,
+        list[str] | None,
         typer.Option(
             "--input",
-            metavar="FILE",
-            help="A file for ComfyUI's input folder (LoadImage by its name). Repeatable.",
+            metavar="FILE|URL",
+            help="A file for ComfyUI's input folder (LoadImage by its name), or an http(s) URL"
+            " the server fetches (name: its last segment; '#sha256=HEX' checks it). Repeatable.",
             rich_help_panel=opt.WORKFLOW,
         ),
     ] = None,
+    previews: Annotated[
+        bool,
+        typer.Option(
+            "--previews",
+            help="Also save temp previews (PreviewImage, PreviewAudio).",
+            rich_help_panel=opt.OUTPUT,
+        ),
+    ] = False,
     count: Annotated[
         int,
         typer.Option(
@@ -146,14 +155,16 @@ def generate_cmd(
     check_workflow_arg(workflow)
     parsed = parse_overrides(overrides or [])
     base_seed = _parse_seed(seed)
-    paths = inputs or []
+    urls = [v for v in inputs or [] if v.startswith(("http://", "https://"))]
+    paths = [Path(v) for v in inputs or [] if v not in urls]
     for path in paths:
         if not path.is_file():
             raise typer.BadParameter(f"{str(path)!r}: no such file", param_hint="--input")
 
-    from ryla_modal.client import InputUpload, RylaClient
+    from ryla_modal.client import InputUpload, InputURL, RylaClient
 
-    uploads = [InputUpload.from_path(path) for path in paths]
+    uploads: list[InputLike] = [InputUpload.from_path(path) for path in paths]
+    uploads += [InputURL.from_url(url) for url in urls]
     wf = load_for_endpoint(workflow, endpoint)
     wf = apply_overrides(wf, parsed, allow_new_inputs=allow_new_inputs)
     plans = _plans(wf, seed, base_seed, count)
@@ -165,7 +176,7 @@ def generate_cmd(
     renderer = make_renderer(as_json=as_json)
     try:
         with client:
-            _run(client, plans, uploads, out, concurrency, no_wait, timeout, renderer)
+            _run(client, plans, uploads, out, concurrency, no_wait, timeout, renderer, previews)
     except KeyboardInterrupt:
         renderer.close()
         pending = [p for p in plans if not p.finished]
@@ -307,12 +318,13 @@ def _plans(wf: Workflow, seed: str | None, base: int | None, count: int) -> list
 def _run(
     client: RylaClient,
     plans: list[_Plan],
-    uploads: list[InputUpload],
+    uploads: list[InputLike],
     out: Path,
     concurrency: int,
     no_wait: bool,
     timeout: float | None,
     renderer: Renderer,
+    previews: bool = False,
 ) -> None:
     """Run the plans, ``concurrency`` at a time, on daemon threads.
 
@@ -333,6 +345,7 @@ def _run(
                         plan.workflow,
                         job_id=plan.job_id,
                         inputs=uploads,
+                        previews=previews,
                         **deadline_kwargs(timeout),
                     )
                 else:
@@ -340,6 +353,7 @@ def _run(
                         plan.workflow,
                         job_id=plan.job_id,
                         inputs=uploads,
+                        previews=previews,
                         out_dir=out,
                         on_event=lambda ev: _seen(plan, ev, renderer),
                         manifest_extra={"seeds": plan.seeds},
@@ -441,6 +455,7 @@ def _plan_json(p: _Plan) -> dict[str, Any]:
         data["status"] = p.result.job.status
         data["timings"] = {**p.result.job.timings.to_dict(), "downloaded": p.downloaded_s}
         data["files"] = [str(f.path) for f in p.result.files]
+        data["texts"] = p.result.texts
         data["manifest"] = str(p.result.manifest) if p.result.manifest else None
     if p.error is not None:
         data["status"] = "failed"

@@ -174,6 +174,14 @@ def serve_cmd(
             rich_help_panel=_SERVER,
         ),
     ] = defaults.SERVE_WORKERS,
+    allow_private_urls: Annotated[
+        bool,
+        typer.Option(
+            "--allow-private-urls",
+            help="Let inputs by URL name private and loopback addresses (local use, tests).",
+            rich_help_panel=_SERVER,
+        ),
+    ] = False,
 ) -> int:
     comfyui_arg = comfyui_arg or []
     sources = [x for x in (comfyui_dir, comfyui_url, comfyui_command) if x is not None]
@@ -232,6 +240,7 @@ def serve_cmd(
             token=token,
             workers=workers,
             ready_timeout=ready_timeout,
+            allow_private_urls=allow_private_urls,
             on_listening=_say_listening,
         )
     except _Terminated:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ryla_modal import defaults
-from ryla_modal.comfy.runner import InputFile
+from ryla_modal.comfy.runner import InputURL, JobInput
 from ryla_modal.gateway.lifecycle import CANCELLED_QUEUED, finish
 from ryla_modal.gateway.schemas import (
     ACTIVE_STATUSES,
@@ -75,17 +75,22 @@ def modal_call_lookup(call_id: str) -> CallHandle:
 
 
 def job_payload(
-    job: JobRecord, workflow: Mapping[str, Any], inputs: Sequence[InputFile]
+    job: JobRecord, workflow: Mapping[str, Any], inputs: Sequence[JobInput]
 ) -> dict[str, Any]:
     """What ``ComfyWorker.run`` receives (plain data: it crosses Modal's serializer)."""
     return {
         "job_id": job.job_id,
         "workflow": dict(workflow),
-        "inputs": [
-            {"name": f.name, "data_b64": base64.b64encode(f.data).decode("ascii")} for f in inputs
-        ],
+        "inputs": [_input_payload(f) for f in inputs],
         "timeout_s": job.timeout_s,
+        "previews": job.previews,
     }
+
+
+def _input_payload(item: JobInput) -> dict[str, Any]:
+    if isinstance(item, InputURL):
+        return {"name": item.name, "url": item.url, "sha256": item.sha256}
+    return {"name": item.name, "data_b64": base64.b64encode(item.data).decode("ascii")}
 
 
 class ModalExecutor:
@@ -116,7 +121,7 @@ class ModalExecutor:
         self,
         job: JobRecord,
         workflow: Mapping[str, Any],
-        inputs: Sequence[InputFile],
+        inputs: Sequence[JobInput],
         *,
         warmup: bool = False,
     ) -> None:

@@ -47,7 +47,7 @@ from ryla_modal.cloud.settings import AppSettings, comfyui_command
 from ryla_modal.cloud.snapshot_node import DEFER_GPU_ENV, GPU_ROUTE
 from ryla_modal.cloud.store import DictJobStore, JobSignals
 from ryla_modal.comfy.process import ComfyProcess, check_ready
-from ryla_modal.comfy.runner import ComfyRunner, InputFile
+from ryla_modal.comfy.runner import ComfyRunner, InputFile, InputURL, JobInput
 from ryla_modal.errors import ComfyUIUnavailable, WorkflowFormatError
 from ryla_modal.gateway.lifecycle import JobLifecycle, JobSpec, StartupInfo
 from ryla_modal.gateway.schemas import TERMINAL_STATUSES
@@ -321,6 +321,7 @@ class ModalWorker:
                 workflow=payload.get("workflow") or {},
                 timeout_s=float(timeout) if timeout else None,
                 warmup=bool(payload.get("warmup")),
+                previews=bool(payload.get("previews")),
             )
             try:
                 spec = dataclasses.replace(spec, inputs=_inputs(payload))
@@ -337,13 +338,21 @@ class ModalWorker:
         return final.public().model_dump(mode="json")
 
 
-def _inputs(payload: Mapping[str, Any]) -> list[InputFile]:
-    files: list[InputFile] = []
+def _inputs(payload: Mapping[str, Any]) -> list[JobInput]:
+    """The job's inputs: bytes sent along, or URLs this worker fetches (under FetchRules()
+    defaults: no private addresses on Modal)."""
+    files: list[JobInput] = []
     for i, item in enumerate(payload.get("inputs") or []):
         try:
-            files.append(InputFile(str(item["name"]), base64.b64decode(item["data_b64"])))
-        except (KeyError, TypeError, binascii.Error) as exc:
-            raise ValueError(f"inputs[{i}] is not {{name, data_b64}}: {exc}") from None
+            if item.get("url") is not None:
+                sha = item.get("sha256")
+                files.append(InputURL(str(item["name"]), str(item["url"]), sha and str(sha)))
+            else:
+                files.append(InputFile(str(item["name"]), base64.b64decode(item["data_b64"])))
+        except (AttributeError, KeyError, TypeError, binascii.Error) as exc:
+            raise ValueError(
+                f"inputs[{i}] is not {{name, data_b64}} or {{name, url}}: {exc}"
+            ) from None
     return files
 
 

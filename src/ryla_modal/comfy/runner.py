@@ -185,8 +185,8 @@ class OutputFile:
 class RunTimings:
     """Seconds spent in each step of one run; the steps do not overlap, so they add up."""
 
-    #: fetching the inputs given by URL
-    fetching_inputs: float = 0.0
+    #: fetching the inputs given by URL (None: the job had none)
+    fetching_inputs: float | None = None
     uploading_inputs: float = 0.0
     #: submitted, waiting in ComfyUI's own queue behind other prompts
     waiting_in_comfyui: float = 0.0
@@ -575,8 +575,9 @@ class ComfyRunner:
         if inputs:
             emit(RunnerProgress(phase="uploading_inputs", nodes_total=tracker.total))
             files = self._fetch(inputs, deadline)
-            timings.fetching_inputs = time.monotonic() - t0
-            t0 = time.monotonic()
+            if any(isinstance(item, InputURL) for item in inputs):
+                timings.fetching_inputs = time.monotonic() - t0
+                t0 = time.monotonic()
             prompt = with_input_names(prompt, self._upload(files))
         timings.uploading_inputs = time.monotonic() - t0
 

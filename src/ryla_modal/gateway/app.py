@@ -40,12 +40,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ryla_modal import __version__, defaults
-from ryla_modal.comfy.runner import InputFile
+from ryla_modal.comfy.runner import InputFile, InputURL, JobInput
 from ryla_modal.errors import ConfigError, WorkflowFormatError
 from ryla_modal.gateway.executors import Executor, finish
 from ryla_modal.gateway.object_info import ObjectInfoSource
 from ryla_modal.gateway.schemas import (
     ACTIVE_STATUSES,
+    ERR_INPUT_SHA256_MISMATCH,
+    ERR_INPUT_URL_REFUSED,
     ERR_SERVER_STOPPED,
     TERMINAL_STATUSES,
     ErrorResponse,
@@ -63,6 +65,7 @@ from ryla_modal.gateway.schemas import (
 )
 from ryla_modal.gateway.store import JobStore
 from ryla_modal.job import JOB_STATUSES
+from ryla_modal.netsafety import UnsafeURL, check_url, redact_url
 from ryla_modal.outputs import safe_basename
 from ryla_modal.validate import check_workflow, validate_against_object_info
 from ryla_modal.workflow import is_ui_format, validate_structure
@@ -87,6 +90,8 @@ class Limits:
     max_pending_jobs: int = defaults.GATEWAY_MAX_PENDING_JOBS
     generate_wait_s: float = defaults.GENERATE_WAIT_S
     generate_inline_max_bytes: int = defaults.GENERATE_INLINE_MAX_BYTES
+    #: Inputs by URL may name private/loopback addresses (``ryla serve --allow-private-urls``).
+    allow_private_urls: bool = False
 
 
 class ApiError(Exception):
@@ -720,6 +725,7 @@ class _Api:
             workflow_sha256=identity,
             inputs=metas,
             timeout_s=body.timeout_s,
+            previews=body.previews,
         )
         stored, created = self.store.create_if_absent(record)
         if not created:
@@ -766,7 +772,7 @@ class _Api:
         log.info("job %s submitted again: same workflow, no second run", existing.job_id)
         return existing
 
-    def _inputs(self, body: JobRequest) -> tuple[list[InputFile], list[InputMeta]]:
+    def _inputs(self, body: JobRequest) -> tuple[list[JobInput], list[InputMeta]]:
         lim = self.limits
         if len(body.inputs) > lim.max_inputs:
             raise ApiError(
@@ -775,7 +781,7 @@ class _Api:
                 f"{len(body.inputs)} input files, more than the limit of {lim.max_inputs}",
                 limit=lim.max_inputs,
             )
-        files: list[InputFile] = []
+        files: list[JobInput] = []
         metas: list[InputMeta] = []
         seen: set[str] = set()
         for i, spec in enumerate(body.inputs):
@@ -783,6 +789,18 @@ class _Api:
             if spec.name in seen:
                 raise ApiError(422, "invalid_input", f"{where}: the name is used twice")
             seen.add(spec.name)
+            if spec.url is not None:
+                files.append(self._url_input(where, spec.name, spec.url, spec.sha256))
+                metas.append(
+                    InputMeta(
+                        name=spec.name,
+                        sha256=spec.sha256.lower() if spec.sha256 else None,
+                        url=redact_url(spec.url),
+                        url_sha256=hashlib.sha256(spec.url.encode("utf-8")).hexdigest(),
+                    )
+                )
+                continue
+            assert spec.data_b64 is not None  # InputSpec wants exactly one of the two
             # base64 takes 4 characters per 3 bytes: refuse before decoding a huge string.
             if len(spec.data_b64) > (lim.max_input_bytes + 2) // 3 * 4 + 4:
                 raise ApiError(
@@ -804,11 +822,34 @@ class _Api:
                     f"{where}: larger than the {lim.max_input_bytes:,}-byte limit for one input",
                     limit=lim.max_input_bytes,
                 )
+            digest = hashlib.sha256(data).hexdigest()
+            if spec.sha256 is not None and spec.sha256.lower() != digest:
+                raise ApiError(
+                    422,
+                    ERR_INPUT_SHA256_MISMATCH,
+                    f"{where}: sha256 mismatch (expected {spec.sha256.lower()}, the data has"
+                    f" {digest})",
+                )
             files.append(InputFile(spec.name, data))
-            metas.append(
-                InputMeta(name=spec.name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
-            )
+            metas.append(InputMeta(name=spec.name, size=len(data), sha256=digest))
         return files, metas
+
+    def _url_input(self, where: str, name: str, url: str, sha256: str | None) -> InputURL:
+        """422 for a URL the worker would refuse (scheme, credentials, a non-public address).
+
+        The worker checks again when it connects: DNS may answer differently by then.
+        """
+        try:
+            check_url(url, allow_private=self.limits.allow_private_urls)
+        except UnsafeURL as exc:
+            raise ApiError(
+                422,
+                ERR_INPUT_URL_REFUSED,
+                f"{where}: {exc}",
+                hint="give a public http(s) URL; `ryla serve --allow-private-urls` accepts"
+                " private and loopback addresses for local use",
+            ) from None
+        return InputURL(name, url, sha256.lower() if sha256 else None)
 
     def check_structure(self, workflow: Mapping[str, Any]) -> None:
         """413 past the node limit, 422 naming the node at fault for a malformed graph."""

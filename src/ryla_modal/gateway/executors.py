@@ -27,7 +27,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from ryla_modal import defaults
 from ryla_modal.comfy.process import ComfyProcess, check_ready
-from ryla_modal.comfy.runner import ComfyRunner, InputFile
+from ryla_modal.comfy.runner import ComfyRunner, JobInput
+from ryla_modal.fetch import FetchRules
 from ryla_modal.gateway.lifecycle import (
     CANCELLED_QUEUED,
     STOPPED_QUEUED,
@@ -68,7 +69,7 @@ class Executor(Protocol):
     kind: str
 
     def start(
-        self, job: JobRecord, workflow: Mapping[str, Any], inputs: Sequence[InputFile]
+        self, job: JobRecord, workflow: Mapping[str, Any], inputs: Sequence[JobInput]
     ) -> None:
         """Begin running a job the store already holds as ``queued``; never blocks on it."""
 
@@ -120,7 +121,10 @@ class LocalExecutor:
         default_timeout_s: float = defaults.EXECUTION_TIMEOUT_S,
         progress_interval_s: float = defaults.GATEWAY_PROGRESS_MIN_INTERVAL_S,
         shutdown_grace_s: float = defaults.SERVE_SHUTDOWN_GRACE_S,
+        fetch_rules: FetchRules | None = None,
     ) -> None:
+        """``fetch_rules``: how inputs by URL are fetched (private addresses refused unless
+        ``FetchRules(allow_private=True)``, which `ryla serve --allow-private-urls` sets)."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.store = store
@@ -134,6 +138,7 @@ class LocalExecutor:
             work_dir=self.work_dir,
             process=process,
             default_timeout_s=default_timeout_s,
+            fetch_rules=fetch_rules,
         )
         self.lifecycle = JobLifecycle(store, progress_interval_s=progress_interval_s)
         self.shutdown_grace_s = shutdown_grace_s
@@ -150,7 +155,7 @@ class LocalExecutor:
     # --- the protocol ----------------------------------------------------------------------
 
     def start(
-        self, job: JobRecord, workflow: Mapping[str, Any], inputs: Sequence[InputFile]
+        self, job: JobRecord, workflow: Mapping[str, Any], inputs: Sequence[JobInput]
     ) -> None:
         with self._lock:
             if self._closing:
@@ -165,6 +170,7 @@ class LocalExecutor:
                 workflow=dict(workflow),
                 inputs=list(inputs),
                 timeout_s=float(job.timeout_s) if job.timeout_s is not None else None,
+                previews=job.previews,
             )
             active.future = self._pool.submit(self._work, spec, active)
         log_event(job)

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from ryla_modal import defaults
-from ryla_modal.comfy.runner import ComfyRunner, InputFile, RunnerProgress, RunResult
+from ryla_modal.comfy.runner import ComfyRunner, JobInput, RunnerProgress, RunResult
 from ryla_modal.errors import (
     ComfyUIUnavailable,
     ExecutionError,
+    InputFetchError,
     JobCancelled,
     OutputIntegrityError,
     RylaError,
@@ -71,6 +72,8 @@ def job_error(exc: BaseException) -> tuple[str, JobError]:
     message = _short(getattr(exc, "message", None) or str(exc) or type(exc).__name__)
     if isinstance(exc, JobCancelled):
         return "cancelled", JobError(type=ERR_CANCELLED, message=message)
+    if isinstance(exc, InputFetchError):
+        return "failed", JobError(type=exc.reason, message=message)
     if isinstance(exc, WorkflowValidationError):
         kind = exc.error.get("type") if isinstance(exc.error, dict) else None
         return "failed", JobError(
@@ -129,6 +132,9 @@ def store_outputs(store: JobStore, job_id: str, result: RunResult) -> list[Outpu
         if src is None:
             raise OutputIntegrityError(f"output {out.index} of job {job_id} has no content")
         store.put_output(job_id, out.index, src)
+        text = out.text
+        if text is not None and len(text) > defaults.TEXT_OUTPUT_INLINE_MAX_CHARS:
+            text = None  # too long for the record: the file has it
         outputs.append(
             OutputInfo(
                 index=out.index,
@@ -138,6 +144,7 @@ def store_outputs(store: JobStore, job_id: str, result: RunResult) -> list[Outpu
                 mime=out.mime,
                 size=out.size,
                 sha256=out.sha256,
+                text=text,
             )
         )
     return outputs
@@ -194,8 +201,10 @@ class JobSpec:
     job_id: str
     created_at: float
     workflow: Mapping[str, Any] = field(default_factory=dict)
-    inputs: Sequence[InputFile] = ()
+    inputs: Sequence[JobInput] = ()
     timeout_s: float | None = None
+    #: also keep ``temp`` files (PreviewImage) as outputs
+    previews: bool = False
     #: a warm-up job (`ryla health --wake`): succeeds once ComfyUI is ready, runs nothing
     warmup: bool = False
 
@@ -378,6 +387,7 @@ class JobLifecycle:
                 on_progress=ProgressReporter(self.store, spec.job_id, self.progress_interval_s),
                 timeout_s=spec.timeout_s,
                 cancel=cancel,
+                previews=spec.previews,
             )
             timings.update({k: v for k, v in vars(result.timings).items() if v is not None})
             t0 = time.monotonic()

@@ -93,16 +93,19 @@ def serve_local(
     token: str | None = None,
     workers: int = defaults.SERVE_WORKERS,
     ready_timeout: float = defaults.COMFY_READY_TIMEOUT_S,
+    allow_private_urls: bool = False,
     on_listening: Callable[[Listening], None] | None = None,
 ) -> None:
     """Serve the job API until uvicorn stops; always stops ComfyUI and closes the store.
 
     Refuses (ConfigError, from ``config.serve_token``) a blank token, and to listen beyond
-    loopback without a token.
+    loopback without a token.  ``allow_private_urls``: inputs by URL may name private and
+    loopback addresses (local use, tests).
     """
     import uvicorn
 
-    from ryla_modal.gateway.app import create_app
+    from ryla_modal.fetch import FetchRules
+    from ryla_modal.gateway.app import Limits, create_app
     from ryla_modal.gateway.executors import LocalExecutor
     from ryla_modal.gateway.object_info import ComfyObjectInfo
     from ryla_modal.gateway.store import SQLiteJobStore
@@ -136,10 +139,21 @@ def serve_local(
         # Half-collected outputs of a crashed run: nobody will pick them up (we hold the lock).
         shutil.rmtree(data_dir / "work", ignore_errors=True)
         executor = LocalExecutor(
-            store, base_url, process=process, workers=workers, work_dir=data_dir / "work"
+            store,
+            base_url,
+            process=process,
+            workers=workers,
+            work_dir=data_dir / "work",
+            fetch_rules=FetchRules(allow_private=allow_private_urls),
         )
         executor.recover()
-        app = create_app(executor, store, token=token, object_info=ComfyObjectInfo(base_url))
+        app = create_app(
+            executor,
+            store,
+            token=token,
+            object_info=ComfyObjectInfo(base_url),
+            limits=Limits(allow_private_urls=allow_private_urls),
+        )
         config = uvicorn.Config(
             app,
             log_level="warning",

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ryla_modal import defaults
 from ryla_modal.job import ACTIVE_STATUSES, TERMINAL_STATUSES, JobPhase, JobStatus
@@ -24,6 +24,9 @@ from ryla_modal.job import ACTIVE_STATUSES, TERMINAL_STATUSES, JobPhase, JobStat
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 #: An input file is uploaded into ComfyUI's input folder under this name: a plain file name.
 INPUT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
+SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
+#: Longest URL an input may name (a presigned S3 URL is ~1.5 KB).
+INPUT_URL_MAX_CHARS = 8192
 
 # --- error types the gateway and the executors use in ``error.type`` -------------------------
 #: (ComfyUI's own types, such as ``prompt_outputs_failed_validation``, pass through unchanged.)
@@ -35,6 +38,12 @@ ERR_SERVER_RESTARTED = "server_restarted"
 ERR_SERVER_STOPPED = "server_stopped"
 ERR_WORKER_DIED = "worker_died"
 ERR_INVALID_INPUT = "invalid_input"
+#: An input by URL (see ``fetch.py``): refused by the address rules, not fetched, larger than
+#: allowed, or not matching its sha256.  The job failed before ComfyUI ran anything.
+ERR_INPUT_URL_REFUSED = "input_url_refused"
+ERR_INPUT_FETCH_FAILED = "input_fetch_failed"
+ERR_INPUT_TOO_LARGE = "input_too_large"
+ERR_INPUT_SHA256_MISMATCH = "input_sha256_mismatch"
 
 
 #: Standard base64, as ``base64.b64decode(..., validate=True)`` takes it.
@@ -109,7 +118,12 @@ class _Model(BaseModel):
 
 
 class InputSpec(BaseModel):
-    """A file the workflow loads by name (LoadImage & co.), sent base64-encoded."""
+    """A file the workflow loads by name (LoadImage & co.): its bytes, or a URL to fetch them.
+
+    Exactly one of ``data_b64`` and ``url``.  A URL is fetched by the worker before the job
+    runs (http(s) only, public addresses only unless the server allows private ones, no
+    redirects, a size cap); large files need not travel base64 through the job API.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -117,10 +131,28 @@ class InputSpec(BaseModel):
         pattern=INPUT_NAME_PATTERN,
         description="plain file name (letters, digits, . _ + -), as the workflow references it",
     )
-    data_b64: str = Field(
+    data_b64: str | None = Field(
+        default=None,
         description="the file's bytes, standard base64",
         json_schema_extra={"pattern": BASE64_PATTERN},
     )
+    url: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=INPUT_URL_MAX_CHARS,
+        description="http(s) URL the worker fetches the file from (instead of data_b64)",
+    )
+    sha256: str | None = Field(
+        default=None,
+        pattern=SHA256_PATTERN,
+        description="the file's expected sha256 (hex); a mismatch fails the job before it runs",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputSpec:
+        if (self.data_b64 is None) == (self.url is None):
+            raise ValueError("give exactly one of data_b64 and url")
+        return self
 
 
 class JobRequest(BaseModel):
@@ -144,6 +176,10 @@ class JobRequest(BaseModel):
         ge=1,
         le=defaults.GATEWAY_MAX_JOB_TIMEOUT_S,
         description="execution budget in seconds (default: the server's)",
+    )
+    previews: bool = Field(
+        default=False,
+        description='also keep "temp" files (PreviewImage, PreviewAudio) as outputs',
     )
 
     _links = field_validator("workflow")(_integral_link_indices)
@@ -180,17 +216,28 @@ class Progress(_Model):
 
 
 class OutputInfo(_Model):
-    """One output file; download it from ``GET /jobs/{id}/outputs/{index}``."""
+    """One output; download it from ``GET /jobs/{id}/outputs/{index}``.
+
+    Every kind is a file: images (``SaveImageWebsocket`` ones included), gifs, video, audio,
+    ``3d`` meshes, and ``text`` (PreviewAny), whose string is also given inline in ``text``.
+    """
 
     index: int
     node_id: str
     filename: str
-    kind: str = Field(description='the history key it came from: "images", "gifs", "audio", ...')
+    kind: str = Field(
+        description='the history key it came from: "images", "gifs", "audio", "3d", "text", ...'
+    )
     mime: str
     size: int
     sha256: str
     data_b64: str | None = Field(
         default=None, description="the bytes, only in POST /generate answers (when small enough)"
+    )
+    text: str | None = Field(
+        default=None,
+        description="a text output's string (when at most"
+        f" {defaults.TEXT_OUTPUT_INLINE_MAX_CHARS:,} characters; the file always has it)",
     )
 
 
@@ -225,6 +272,9 @@ class Timings(_Model):
     )
     starting_comfyui: float | None = Field(
         default=None, description="ComfyUI (re)starting while the job waited for it"
+    )
+    fetching_inputs: float | None = Field(
+        default=None, description="the worker fetching the inputs given by URL"
     )
     uploading_inputs: float | None = Field(
         default=None, description="sending the job's input files to ComfyUI"
@@ -278,9 +328,13 @@ class Job(_Model):
 
 
 class InputMeta(_Model):
+    """An input as the record remembers it: never the bytes, never a URL's query string."""
+
     name: str
-    size: int
-    sha256: str
+    size: int | None = None  # None: a URL, fetched later by the worker
+    sha256: str | None = None  # a URL's expected sha256, if given
+    url: str | None = None  # redacted (netsafety.redact_url)
+    url_sha256: str | None = None  # sha256 of the full URL: "the same job" compares it
 
 
 class JobRecord(Job):
@@ -289,6 +343,7 @@ class JobRecord(Job):
     workflow_sha256: str
     inputs: list[InputMeta] = Field(default_factory=list)
     timeout_s: int | None = None
+    previews: bool = False
     cancel_requested: bool = False
     revision: int = 0  # bumped by every store update; long polls wait for it to move
 
@@ -340,7 +395,9 @@ def workflow_identity(workflow: Mapping[str, Any], inputs: Iterable[InputMeta] =
     """sha256 of the canonical JSON of a workflow and its inputs: "the same job" means this."""
     doc = {
         "workflow": workflow,
-        "inputs": sorted([i.name, i.sha256] for i in inputs),
+        "inputs": sorted(
+            [i.name, i.sha256 or ""] + ([i.url_sha256] if i.url_sha256 else []) for i in inputs
+        ),
     }
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
@@ -352,13 +409,19 @@ __all__ = [
     "ERR_CANCELLED",
     "ERR_COMFYUI_UNAVAILABLE",
     "ERR_EXECUTION",
+    "ERR_INPUT_FETCH_FAILED",
+    "ERR_INPUT_SHA256_MISMATCH",
+    "ERR_INPUT_TOO_LARGE",
+    "ERR_INPUT_URL_REFUSED",
     "ERR_INVALID_INPUT",
     "ERR_SERVER_RESTARTED",
     "ERR_SERVER_STOPPED",
     "ERR_TIMEOUT",
     "ERR_WORKER_DIED",
     "INPUT_NAME_PATTERN",
+    "INPUT_URL_MAX_CHARS",
     "JOB_ID_PATTERN",
+    "SHA256_PATTERN",
     "TERMINAL_STATUSES",
     "WORKFLOW_JSON_SCHEMA",
     "ErrorDetail",
