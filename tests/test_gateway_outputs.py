@@ -326,7 +326,7 @@ def test_the_modal_payload_carries_url_inputs_and_previews() -> None:
     """What the gateway spawns on Modal reads back, in the worker, as the same inputs."""
     from ryla_modal.cloud.executor import job_payload
     from ryla_modal.cloud.worker import _inputs
-    from ryla_modal.comfy.runner import InputFile
+    from ryla_modal.comfy.runner import InputFile, JobInput
     from ryla_modal.comfy.runner import InputURL as RunnerURL
     from ryla_modal.gateway.schemas import JobRecord
 
@@ -338,7 +338,7 @@ def test_the_modal_payload_carries_url_inputs_and_previews() -> None:
         workflow_sha256="0" * 64,
         previews=True,
     )
-    given = [
+    given: list[JobInput] = [
         InputFile("a.png", b"\x89PNG"),
         RunnerURL("b.png", "https://x.example/b.png?s=1", None),
     ]
