@@ -146,6 +146,7 @@ TIMING_PHASES: tuple[tuple[str, str], ...] = (
     ("queued", "queued"),
     ("container_start", "container start"),
     ("starting_comfyui", "ComfyUI start"),
+    ("fetching_inputs", "fetching inputs"),
     ("uploading_inputs", "uploading inputs"),
     ("waiting_in_comfyui", "waiting in ComfyUI"),
     ("model_load", "model load"),
