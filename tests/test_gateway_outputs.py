@@ -70,7 +70,7 @@ def every_kind(input_name: str) -> dict[str, Any]:
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
         "3": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
         "4": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}},
-        "5": {"class_type": "PrimitiveString", "inputs": {"value": f"caption {prefix}"}},
+        "5": {"class_type": "PrimitiveString", "inputs": {"value": f"caption ✓ {prefix}"}},
         "6": {"class_type": "PreviewAny", "inputs": {"source": ["5", 0]}},
         "7": {
             "class_type": "EmptyAudio",
@@ -106,7 +106,7 @@ def test_every_kind_through_the_gateway_with_a_url_input(
         ("2", "images", "image/png"),
         ("3", "images", "image/png"),  # the temp preview, asked for
         ("4", "images", "image/png"),  # the websocket image
-        ("6", "text", "text/plain"),
+        ("6", "text", "text/plain; charset=utf-8"),
         ("8", "audio", "audio/mpeg"),
         ("10", "3d", "model/gltf-binary"),
     ]
@@ -128,6 +128,21 @@ def test_every_kind_through_the_gateway_with_a_url_input(
     record = gateway.store.get(job.job_id)
     assert record is not None and record.inputs[0].url is not None
     assert "s3cr3t" not in record.model_dump_json()  # the record keeps the URL redacted
+
+
+def test_a_long_text_is_a_file_only_and_the_client_reads_it_back(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    long = "é" * 70_000  # past the 64 K characters a job record carries inline
+    wf = {
+        "1": {"class_type": "PrimitiveString", "inputs": {"value": long}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+    }
+    with RylaClient(gateway.url, token=TOKEN) as client:
+        result = client.generate(wf, out_dir=tmp_path)
+    (info,) = result.job.outputs
+    assert (info.kind, info.text, info.size) == ("text", None, len(long.encode("utf-8")))
+    assert result.texts == [long]
 
 
 def test_previews_are_left_out_unless_asked(gateway: Gateway) -> None:

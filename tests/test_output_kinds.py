@@ -90,8 +90,8 @@ def test_text_outputs_are_collected(comfy: ComfyServer, tmp_path: Path) -> None:
     with runner_for(comfy, work_dir=tmp_path) as runner:
         result = runner.run(wf, job_id=job(), timeout_s=60)
     assert [(o.index, o.node_id, o.kind, o.mime) for o in result.outputs] == [
-        (0, "2", "text", "text/plain"),
-        (1, "4", "text", "text/plain"),
+        (0, "2", "text", "text/plain; charset=utf-8"),
+        (1, "4", "text", "text/plain; charset=utf-8"),
     ]
     first, second = result.outputs
     assert (first.text, second.text) == (text, f"{text} | tail")

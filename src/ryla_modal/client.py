@@ -46,7 +46,7 @@ from ryla_modal.errors import (
     WorkflowFormatError,
     WorkflowValidationError,
 )
-from ryla_modal.job import Job
+from ryla_modal.job import Job, OutputInfo
 from ryla_modal.outputs import manifest_path, output_name, save_stream, write_json_atomic
 from ryla_modal.policy import (
     Deadline,
@@ -374,6 +374,15 @@ class _Core:
         )
 
 
+def _with_kind(saved: SavedOutput, out: OutputInfo) -> SavedOutput:
+    """The output's kind and, for a text output, its string (from the file when the job
+    record left a long one out)."""
+    text = out.text
+    if text is None and out.kind == "text":
+        text = saved.path.read_text("utf-8", errors="replace")
+    return dataclasses.replace(saved, kind=out.kind, text=text)
+
+
 def _input_body(item: InputLike) -> dict[str, Any]:
     if isinstance(item, InputURL):
         body: dict[str, Any] = {"name": item.name, "url": item.url}
@@ -681,7 +690,7 @@ class RylaClient:
             saved_one = self._download_one(
                 job, out.index, folder, out.node_id, out.filename, out.sha256
             )
-            saved_one = dataclasses.replace(saved_one, kind=out.kind, text=out.text)
+            saved_one = _with_kind(saved_one, out)
             saved.append(saved_one)
             if on_event:
                 on_event(JobEvent("saved", job, time.monotonic() - started, saved_one))
@@ -944,7 +953,7 @@ class AsyncRylaClient:
             one = await self._download_one(
                 job, out.index, folder, out.node_id, out.filename, out.sha256
             )
-            one = dataclasses.replace(one, kind=out.kind, text=out.text)
+            one = _with_kind(one, out)
             saved.append(one)
             if on_event:
                 on_event(JobEvent("saved", job, time.monotonic() - started, one))

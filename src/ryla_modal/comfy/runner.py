@@ -91,6 +91,7 @@ _EXTRA_MIME = {
 #: Node classes that send their images as binary websocket frames and write no file.
 WEBSOCKET_IMAGE_NODES = frozenset({"SaveImageWebsocket"})
 _IMAGE_EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+TEXT_MIME = "text/plain; charset=utf-8"
 
 #: The input key the runner adds to sink nodes when ``delete_outputs`` is on; ComfyUI ignores
 #: inputs its node does not declare, but they change the node's cache signature.
@@ -697,7 +698,7 @@ class ComfyRunner:
             kind = "text" if isinstance(item, TextOutput) else "images"
             n = per_node[(node_id, kind)] = per_node.get((node_id, kind), 0) + 1
             if isinstance(item, TextOutput):
-                name, mime, data = f"text_{n:05}_.txt", "text/plain", item.text.encode("utf-8")
+                name, mime, data = f"text_{n:05}_.txt", TEXT_MIME, item.text.encode("utf-8")
                 text: str | None = item.text
             else:
                 _node, mime, data = item
