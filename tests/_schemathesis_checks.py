@@ -3,7 +3,8 @@
 ``positive_data_acceptance`` with allowances for what no schema can say.  A workflow is a graph
 whose node types, links and values only ComfyUI's ``/object_info`` can judge, so a workflow
 valid by the published schema may still get a 422 that says the *graph* is wrong: ComfyUI's own
-verdicts, a link to a node that is not there, links that loop, two input files under one name.
+verdicts, a link to a node that is not there, links that loop, two input files under one name;
+an input URL whose host resolves to a refused address, inline bytes that miss their sha256.
 Likewise a page cursor the server did not issue (its alphabet is in the schema, its meaning is
 not).  Every other rejection of a schema-valid request (``invalid_request``, another
 ``invalid_workflow``, a 400, a 413) means the document promises more than the server takes, and
@@ -26,6 +27,9 @@ COMFYUI_VERDICTS = frozenset(
 GRAPH_VERDICTS = re.compile(r"links to node|links form a cycle|the name is used twice")
 #: Not a rejection of the request's form: an unknown job, a job's state, backpressure.
 STATE_ANSWERS = frozenset({404, 409, 429})
+#: Inputs judged by content, not form: where a URL's host resolves (the address rules), and
+#: whether inline bytes match the sha256 sent with them.
+INPUT_VERDICTS = frozenset({"input_url_refused", "input_sha256_mismatch"})
 #: A page cursor is opaque: the schema gives its alphabet, only the server knows its own.
 ISSUED_ONLY = re.compile(r"before: not a page cursor of this server")
 
@@ -47,7 +51,7 @@ def schema_valid_requests_are_accepted(ctx: Any, response: Any, case: Any) -> bo
             type_ = response.json()["error"]["type"]
         except (ValueError, KeyError, TypeError):
             type_ = None
-        if type_ in COMFYUI_VERDICTS:
+        if type_ in COMFYUI_VERDICTS or type_ in INPUT_VERDICTS:
             return None
         if type_ in ("invalid_workflow", "invalid_input") and GRAPH_VERDICTS.search(response.text):
             return None

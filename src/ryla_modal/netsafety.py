@@ -79,7 +79,7 @@ def system_resolver(host: str, port: int) -> list[str]:
     """Every address ``host`` resolves to (IPv4 and IPv6), in the resolver's order."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except (OSError, UnicodeError, ValueError) as exc:  # gaierror, IDNA, embedded NUL
         raise UnsafeURL(f"cannot resolve host {host!r}: {exc}") from None
     seen: dict[str, None] = {}
     for _family, _type, _proto, _name, sockaddr in infos:

@@ -27,6 +27,7 @@ INPUT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 #: Longest URL an input may name (a presigned S3 URL is ~1.5 KB).
 INPUT_URL_MAX_CHARS = 8192
+INPUT_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://"  # the rest is for netsafety.check_url
 
 # --- error types the gateway and the executors use in ``error.type`` -------------------------
 #: (ComfyUI's own types, such as ``prompt_outputs_failed_validation``, pass through unchanged.)
@@ -117,15 +118,31 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+def _one_source_schema(schema: dict[str, Any]) -> None:
+    """The document says what the validator checks: exactly one of ``data_b64`` and ``url``,
+    each a string when present (null is not a value either may take)."""
+    props = schema.get("properties", {})
+    for key in ("data_b64", "url"):
+        prop = props.get(key)
+        if isinstance(prop, dict):
+            choices = [c for c in prop.pop("anyOf", []) if c.get("type") != "null"]
+            if choices:
+                prop.update(choices[0])
+            prop.pop("default", None)
+    schema["oneOf"] = [{"required": ["data_b64"]}, {"required": ["url"]}]
+
+
 class InputSpec(BaseModel):
     """A file the workflow loads by name (LoadImage & co.): its bytes, or a URL to fetch them.
 
     Exactly one of ``data_b64`` and ``url``.  A URL is fetched by the worker before the job
-    runs (http(s) only, public addresses only unless the server allows private ones, no
-    redirects, a size cap); large files need not travel base64 through the job API.
+    runs (http(s) only, public addresses only unless the server allows private ones: a 422
+    ``input_url_refused`` at submit; no redirects; a size cap), so large files need not travel
+    base64 through the job API; a failed fetch or a sha256 mismatch fails the job before
+    ComfyUI runs anything.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_source_schema)
 
     name: str = Field(
         pattern=INPUT_NAME_PATTERN,
@@ -138,8 +155,8 @@ class InputSpec(BaseModel):
     )
     url: str | None = Field(
         default=None,
-        min_length=1,
         max_length=INPUT_URL_MAX_CHARS,
+        pattern=INPUT_URL_PATTERN,
         description="http(s) URL the worker fetches the file from (instead of data_b64)",
     )
     sha256: str | None = Field(
@@ -420,6 +437,7 @@ __all__ = [
     "ERR_WORKER_DIED",
     "INPUT_NAME_PATTERN",
     "INPUT_URL_MAX_CHARS",
+    "INPUT_URL_PATTERN",
     "JOB_ID_PATTERN",
     "SHA256_PATTERN",
     "TERMINAL_STATUSES",
