@@ -257,47 +257,15 @@ def _parse_seed(seed: str | None) -> int | None:
 
 def load_for_endpoint(source: str, endpoint: str | None) -> Workflow:
     """Load API format; convert UI format with the deployment's object_info."""
-    from ryla_modal.errors import ConfigError, WorkflowFormatError
-    from ryla_modal.workflow import Workflow, is_ui_format
+    from ryla_modal.workflow import load_for_deployment
 
-    try:
-        return Workflow.load(source)
-    except WorkflowFormatError as exc:
-        raw = _read_json_quietly(source)
-        if raw is None or not is_ui_format(raw):
-            raise
+    def object_info() -> dict[str, Any]:
         from ryla_modal.client import RylaClient
-        from ryla_modal.ui_convert import convert_ui_workflow
 
-        try:
-            with RylaClient(endpoint) as client:
-                object_info = client.object_info()
-        except ConfigError as inner:  # no endpoint: say how to get one
-            raise WorkflowFormatError(
-                f"{source} is a UI-format workflow; converting it needs a deployment's node"
-                f" definitions, and {inner.message}",
-                hint="deploy one (`ryla deploy`) or pass --endpoint URL; or export the API"
-                " format: Workflow → Export (API) in ComfyUI",
-            ) from exc
-        except RylaError as inner:
-            raise WorkflowFormatError(
-                f"{source} is a UI-format workflow; converting it needs the deployment's node"
-                f" definitions, but the server could not be asked: {inner.message}",
-                hint="check the endpoint (`ryla health`), or export the API format:"
-                " Workflow → Export (API) in ComfyUI",
-            ) from exc
-        return Workflow(convert_ui_workflow(raw, object_info, source=source), source=source)
+        with RylaClient(endpoint) as client:
+            return client.object_info()
 
-
-def _read_json_quietly(source: str) -> Any:
-    import json
-
-    if source == "-":
-        return None
-    try:
-        return json.loads(Path(source).read_bytes())
-    except (OSError, ValueError):
-        return None
+    return load_for_deployment(source, object_info)
 
 
 def _plans(wf: Workflow, seed: str | None, base: int | None, count: int) -> list[_Plan]:
