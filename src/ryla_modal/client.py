@@ -264,6 +264,7 @@ class _Run:
         self.on_event = on_event
         self.job: Job | None = None
         self.pending: list[JobEvent] = []
+        self.cold: Deadline | None = None  # set by a flow whose cold start began earlier
 
     def event(self, kind: str, job: Job, output: SavedOutput | None = None) -> JobEvent:
         self.job = job
@@ -637,7 +638,7 @@ class _Core:
         """Follow a job with long polls until it ends, yielding an ``update`` per change."""
         s = self.settings
         state = _WaitState(
-            s.cold_start_timeout if cold_start_timeout is None else cold_start_timeout,
+            run.cold or self.cold_budget(cold_start_timeout),
             s.execution_timeout if execution_timeout is None else execution_timeout,
             limit,
         )
@@ -657,6 +658,12 @@ class _Core:
             step = self.status(job_id, state.long_poll(phase_limit), phase_limit, phase, run.retry)
             job = yield from run.call(step)
         raise EndpointUnavailable(f"gave up on job {job_id} after {_MAX_POLLS} polls")
+
+    def cold_budget(self, seconds: float | None) -> Deadline:
+        """The cold-start budget, counted from now."""
+        if seconds is None:
+            seconds = self.settings.cold_start_timeout
+        return Deadline(seconds, "cold-start budget")
 
     def wait(
         self,
@@ -706,7 +713,13 @@ class _Core:
         job_id = run.job_id or str(uuid.uuid4())
         run.job_id = job_id
         wf = _workflow_dict(workflow)
-        job: Job = yield from run.call(self.submit(wf, job_id, inputs, None, limit, run.retry))
+        # The cold start is counted from the submit: getting the job accepted (a gateway that
+        # boots, or does not answer) is part of the wait for it to start.
+        run.cold = self.cold_budget(cold_start_timeout)
+        submit_limit = Deadline.earliest(limit, run.cold)
+        job: Job = yield from run.call(
+            self.submit(wf, job_id, inputs, None, submit_limit, run.retry)
+        )
         yield run.event("submitted", job)
         job = yield from self.wait(run, job_id, limit, cold_start_timeout, execution_timeout)
         files = yield from self.download(run, job, out_dir, limit)
@@ -790,10 +803,8 @@ def _job_key(job: Job) -> tuple[Any, ...]:
 class _WaitState:
     """Phase budgets for one wait (cold start first, then execution) and the poll pace."""
 
-    def __init__(
-        self, cold_start_s: float | None, execution_s: float | None, limit: Deadline
-    ) -> None:
-        self.cold = Deadline(cold_start_s, "cold-start budget")
+    def __init__(self, cold: Deadline, execution_s: float | None, limit: Deadline) -> None:
+        self.cold = cold
         self.execution_s = execution_s
         self.execution: Deadline | None = None
         self.limit = limit
