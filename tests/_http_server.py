@@ -29,9 +29,10 @@ def json_answer(data: Any, status: int = 200, headers: dict[str, str] | None = N
     )
 
 
-def job_answer(job_id: str, status: str = "running", **fields: Any) -> Answer:
+def job_record(job_id: str, status: str = "running", **fields: Any) -> dict[str, Any]:
+    """A job in the API's shape (``phase`` follows ``status`` unless given)."""
     now = time.time()
-    job = {
+    job: dict[str, Any] = {
         "job_id": job_id,
         "status": status,
         "phase": "executing" if status == "running" else None,
@@ -42,7 +43,11 @@ def job_answer(job_id: str, status: str = "running", **fields: Any) -> Answer:
         "error": None,
         "timings": {},
     }
-    return json_answer({**job, **fields})
+    return {**job, **fields}
+
+
+def job_answer(job_id: str, status: str = "running", **fields: Any) -> Answer:
+    return json_answer(job_record(job_id, status, **fields))
 
 
 class ScriptedServer:

@@ -132,10 +132,11 @@ def test_progress_events_report_sampler_steps(kind: str, gateway: Gateway, tmp_p
         return await call(client.generate(wf, out_dir=tmp_path, on_event=events.append))
 
     run(kind, gateway.url, scenario)
-    steps = [e.job.progress.step for e in events if e.job.progress and e.job.progress.step]
+    progress = [e.job.progress for e in events if e.job is not None and e.job.progress]
+    steps = [p.step for p in progress if p.step]
     assert steps, "no sampler step reached the client"
     assert max(steps) <= 6
-    types = {e.job.progress.node_type for e in events if e.job.progress}
+    types = {p.node_type for p in progress}
     assert "RylaSlowSteps" in types
 
 

@@ -710,7 +710,7 @@ class _Core:
         manifest_extra: Mapping[str, Any] | None,
     ) -> Flow[GenerateResult]:
         """Submit, wait, download every output and write the manifest."""
-        job_id = run.job_id or str(uuid.uuid4())
+        job_id = _new_id(run.job_id)
         run.job_id = job_id
         wf = _workflow_dict(workflow)
         # The cold start is counted from the submit: getting the job accepted (a gateway that
@@ -753,6 +753,11 @@ class _Core:
             exception_type=err.exception_type if err else None,
             traceback_tail=list(err.traceback_tail or []) if err else [],
         )
+
+
+def _new_id(job_id: str | None) -> str:
+    """The caller's job id (checked later, like any), or a new UUID."""
+    return str(uuid.uuid4()) if job_id is None else job_id
 
 
 def _same(value: Any) -> Any:
@@ -1021,7 +1026,7 @@ class RylaClient:
 
         ``timeout_s`` is the job's own limit on the server; ``timeout`` this call's deadline.
         """
-        step = self._core.submit(workflow, job_id or str(uuid.uuid4()), inputs, timeout_s, timeout)
+        step = self._core.submit(workflow, _new_id(job_id), inputs, timeout_s, timeout)
         job: Job = self._perform(step)
         return job
 
@@ -1266,7 +1271,7 @@ class AsyncRylaClient:
         timeout_s: int | None = None,
         timeout: float | None = None,
     ) -> Job:
-        step = self._core.submit(workflow, job_id or str(uuid.uuid4()), inputs, timeout_s, timeout)
+        step = self._core.submit(workflow, _new_id(job_id), inputs, timeout_s, timeout)
         job: Job = await self._perform(step)
         return job
 
