@@ -3,6 +3,7 @@ UI-format workflow through the deployment — sync and async alike."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,21 @@ def test_an_unconfigured_endpoint_hints_deploy_or_endpoint(tmp_path: Path) -> No
         load_for_deployment(str(ui), no_endpoint)
     assert "`ryla deploy`" in (info.value.hint or "") and "--endpoint" in (info.value.hint or "")
     assert "Export (API)" in (info.value.hint or "")
+
+
+def test_the_twins_offer_the_same_calls_with_the_same_parameters() -> None:
+    """The public signatures are written twice (each class reads and type-checks on its own):
+    this keeps them from drifting apart."""
+    from ryla_modal.client import AsyncRylaClient, RylaClient
+
+    def calls(cls: type) -> dict[str, inspect.Signature]:
+        names = {n for n in dir(cls) if not n.startswith("_")} - {"close", "aclose", "settings"}
+        return {n: inspect.signature(getattr(cls, n)) for n in sorted(names)}
+
+    sync, asynchronous = calls(RylaClient), calls(AsyncRylaClient)
+    assert sync.keys() == asynchronous.keys()
+    for name, signature in sync.items():
+        assert signature.parameters == asynchronous[name].parameters, name
+    assert inspect.signature(RylaClient).parameters.keys() == (
+        inspect.signature(AsyncRylaClient).parameters.keys()
+    )

@@ -252,16 +252,19 @@ class _Steps(Generic[T]):
 
 
 class _Run:
-    """One flow's events: the elapsed clock, the last job seen, and retries as they happen.
+    """One call's flow: its deadline, the elapsed clock, the last job seen, retries as they come.
 
     A retry is announced while the request is still being retried: straight to ``on_event``,
     or (with no callback, as in ``iter_events``) as soon as the step that retried returns.
     """
 
-    def __init__(self, job_id: str | None, on_event: EventCallback | None) -> None:
+    def __init__(
+        self, job_id: str | None, on_event: EventCallback | None, timeout: float | None
+    ) -> None:
         self.started = time.monotonic()
         self.job_id = job_id
         self.on_event = on_event
+        self.limit = Deadline(timeout, "timeout")  # the whole call's deadline
         self.job: Job | None = None
         self.pending: list[JobEvent] = []
         self.cold: Deadline | None = None  # set by a flow whose cold start began earlier
@@ -395,9 +398,9 @@ class _Core:
         req = _Request("GET", self.job_path(job_id, "logs"))
         return self.call(req, "logs", timeout, lambda r: self.parse_logs(r, job_id), job_id)
 
-    def output(self, run: _Run, job: Job, out: OutputInfo, folder: Path, limit: Deadline) -> _Save:
+    def output(self, run: _Run, job: Job, out: OutputInfo, folder: Path) -> _Save:
         req = _Request("GET", self.job_path(job.job_id, "outputs", str(out.index)))
-        return _Save(req, "download", limit, _same, job.job_id, run.retry, out, folder)
+        return _Save(req, "download", run.limit, _same, job.job_id, run.retry, out, folder)
 
     @staticmethod
     def request_args(step: _Call, deadline: Deadline) -> dict[str, Any]:
@@ -628,14 +631,10 @@ class _Core:
 
     # flows ------------------------------------------------------------------------------
     def events(
-        self,
-        run: _Run,
-        job_id: str,
-        limit: Deadline,
-        cold_start_timeout: float | None,
-        execution_timeout: float | None,
+        self, run: _Run, cold_start_timeout: float | None, execution_timeout: float | None
     ) -> Flow[Job]:
         """Follow a job with long polls until it ends, yielding an ``update`` per change."""
+        job_id, limit = run.job_id or "", run.limit
         s = self.settings
         state = _WaitState(
             run.cold or self.cold_budget(cold_start_timeout),
@@ -666,35 +665,28 @@ class _Core:
         return Deadline(seconds, "cold-start budget")
 
     def wait(
-        self,
-        run: _Run,
-        job_id: str,
-        limit: Deadline,
-        cold_start_timeout: float | None,
-        execution_timeout: float | None,
+        self, run: _Run, cold_start_timeout: float | None, execution_timeout: float | None
     ) -> Flow[Job]:
-        job = yield from self.events(run, job_id, limit, cold_start_timeout, execution_timeout)
+        job = yield from self.events(run, cold_start_timeout, execution_timeout)
         self.raise_for_job(job)
         return job
 
-    def download(
-        self, run: _Run, job: Job, out_dir: str | Path, limit: Deadline
-    ) -> Flow[list[SavedOutput]]:
+    def download(self, run: _Run, job: Job, out_dir: str | Path) -> Flow[list[SavedOutput]]:
         self.job_path(job.job_id)
         saved: list[SavedOutput] = []
         for out in job.outputs:
             yield run.event("downloading", job)
-            one = yield from run.call(self.output(run, job, out, Path(out_dir), limit))
+            one = yield from run.call(self.output(run, job, out, Path(out_dir)))
             saved.append(one)
             yield run.event("saved", job, one)
         return saved
 
-    def wake(self, run: _Run, limit: Deadline, cold_start_timeout: float | None) -> Flow[Job]:
+    def wake(self, run: _Run, cold_start_timeout: float | None) -> Flow[Job]:
         parse = self.job_parser(None, lookup=False)
-        warm = self.call(_Request("POST", "/warmup"), "wake", limit, parse, None, run.retry)
+        warm = self.call(_Request("POST", "/warmup"), "wake", run.limit, parse, None, run.retry)
         job: Job = yield from run.call(warm)
         run.job_id = job.job_id
-        return (yield from self.wait(run, job.job_id, limit, cold_start_timeout, None))
+        return (yield from self.wait(run, cold_start_timeout, None))
 
     def generate(
         self,
@@ -703,7 +695,6 @@ class _Core:
         *,
         out_dir: str | Path,
         inputs: Sequence[InputUpload],
-        limit: Deadline,
         cold_start_timeout: float | None,
         execution_timeout: float | None,
         write_manifest: bool,
@@ -716,13 +707,13 @@ class _Core:
         # The cold start is counted from the submit: getting the job accepted (a gateway that
         # boots, or does not answer) is part of the wait for it to start.
         run.cold = self.cold_budget(cold_start_timeout)
-        submit_limit = Deadline.earliest(limit, run.cold)
+        submit_limit = Deadline.earliest(run.limit, run.cold)
         job: Job = yield from run.call(
             self.submit(wf, job_id, inputs, None, submit_limit, run.retry)
         )
         yield run.event("submitted", job)
-        job = yield from self.wait(run, job_id, limit, cold_start_timeout, execution_timeout)
-        files = yield from self.download(run, job, out_dir, limit)
+        job = yield from self.wait(run, cold_start_timeout, execution_timeout)
+        files = yield from self.download(run, job, out_dir)
         manifest = None
         if write_manifest:
             path = manifest_path(Path(out_dir), job.job_id)
@@ -888,44 +879,11 @@ def _manifest(
     }
 
 
-def _settings(
-    endpoint: str | None,
-    token: str | None,
-    modal_key: str | None,
-    modal_secret: str | None,
-    cold_start_timeout: float | None,
-    execution_timeout: float | None,
-    retry_policy: RetryPolicy | None,
-) -> _Core:
-    settings = resolve_client_settings(
-        endpoint=endpoint,
-        token=token,
-        modal_key=modal_key,
-        modal_secret=modal_secret,
-        cold_start_timeout=cold_start_timeout,
-        execution_timeout=execution_timeout,
-    )
-    return _Core(settings, retry_policy or RetryPolicy(max_attempts=settings.max_attempts))
+HttpT = TypeVar("HttpT", httpx.Client, httpx.AsyncClient)
 
 
-def _http_options(core: _Core) -> dict[str, Any]:
-    return {
-        "base_url": core.settings.endpoint,
-        "headers": core.headers(),
-        "follow_redirects": True,
-        "timeout": http_timeout(defaults.READ_TIMEOUT_S),
-    }
-
-
-# --------------------------------------------------------------------------- sync client
-class RylaClient:
-    """Synchronous client of the ryla job API.
-
-    Configuration: arguments > ``RYLA_*`` env > ``./ryla.toml`` > the user config written by
-    ``ryla deploy`` > defaults.  Every method takes ``timeout``: that whole call's deadline,
-    retries included (``None``: only the client's request budget and the phase budgets).
-    Closing the client also stops requests still in flight on other threads.
-    """
+class _ClientBase(Generic[HttpT]):
+    """What the twins share besides the core: settings, and an httpx client made or given."""
 
     def __init__(
         self,
@@ -937,28 +895,53 @@ class RylaClient:
         retry_policy: RetryPolicy | None = None,
         cold_start_timeout: float | None = None,
         execution_timeout: float | None = None,
-        http_client: httpx.Client | None = None,
+        http_client: HttpT | None = None,
     ) -> None:
-        self._core = _settings(
-            endpoint,
-            token,
-            modal_key,
-            modal_secret,
-            cold_start_timeout,
-            execution_timeout,
-            retry_policy,
+        settings = resolve_client_settings(
+            endpoint=endpoint,
+            token=token,
+            modal_key=modal_key,
+            modal_secret=modal_secret,
+            cold_start_timeout=cold_start_timeout,
+            execution_timeout=execution_timeout,
         )
+        policy = retry_policy or RetryPolicy(max_attempts=settings.max_attempts)
+        self._core = _Core(settings, policy)
         self._owns_http = http_client is None
-        # A caller's own http_client keeps httpx's per-read timeouts only (no socket deadline).
-        self._transport: DeadlineTransport | None = None
-        if http_client is None:
-            self._transport = DeadlineTransport(verify=_tls_verify(self._core.settings.endpoint))
-            http_client = httpx.Client(transport=self._transport, **_http_options(self._core))
-        self._http = http_client
+        self._http: HttpT = http_client if http_client is not None else self._new_http()
+
+    def _new_http(self) -> HttpT:
+        raise NotImplementedError
+
+    def _http_options(self) -> dict[str, Any]:
+        return {
+            "base_url": self._core.settings.endpoint,
+            "headers": self._core.headers(),
+            "follow_redirects": True,
+            "timeout": http_timeout(defaults.READ_TIMEOUT_S),
+        }
 
     @property
     def settings(self) -> ClientSettings:
         return self._core.settings
+
+
+# --------------------------------------------------------------------------- sync client
+class RylaClient(_ClientBase[httpx.Client]):
+    """Synchronous client of the ryla job API.
+
+    Configuration: arguments > ``RYLA_*`` env > ``./ryla.toml`` > the user config written by
+    ``ryla deploy`` > defaults.  Every method takes ``timeout``: that whole call's deadline,
+    retries included (``None``: only the client's request budget and the phase budgets).
+    Closing the client also stops requests still in flight on other threads.
+    """
+
+    # A caller's own http_client keeps httpx's per-read timeouts only (no socket deadline).
+    _transport: DeadlineTransport | None = None
+
+    def _new_http(self) -> httpx.Client:
+        self._transport = DeadlineTransport(verify=_tls_verify(self._core.settings.endpoint))
+        return httpx.Client(transport=self._transport, **self._http_options())
 
     def close(self) -> None:
         if self._owns_http:
@@ -1085,9 +1068,7 @@ class RylaClient:
     ) -> Job:
         """Start a GPU container now and wait until ComfyUI is ready in it (shows the cold
         start); later jobs then skip it while the container stays warm."""
-        flow = self._core.wake(
-            _Run(None, on_event), Deadline(timeout, "timeout"), cold_start_timeout
-        )
+        flow = self._core.wake(_Run(None, on_event, timeout), cold_start_timeout)
         return self._run(flow, on_event)
 
     def iter_events(
@@ -1099,12 +1080,8 @@ class RylaClient:
         timeout: float | None = None,
     ) -> Iterator[JobEvent]:
         """Yield an ``update`` event each time the job's state changes (and each retry)."""
-        limit = Deadline(timeout, "timeout")
-        steps = _Steps(
-            self._core.events(
-                _Run(job_id, None), job_id, limit, cold_start_timeout, execution_timeout
-            )
-        )
+        run = _Run(job_id, None, timeout)
+        steps = _Steps(self._core.events(run, cold_start_timeout, execution_timeout))
         while (step := steps.next()) is not None:
             if isinstance(step, JobEvent):
                 yield step
@@ -1120,8 +1097,8 @@ class RylaClient:
         timeout: float | None = None,
     ) -> Job:
         """Wait until the job ends; raise its error if it did not succeed."""
-        run, limit = _Run(job_id, on_event), Deadline(timeout, "timeout")
-        flow = self._core.wait(run, job_id, limit, cold_start_timeout, execution_timeout)
+        run = _Run(job_id, on_event, timeout)
+        flow = self._core.wait(run, cold_start_timeout, execution_timeout)
         return self._run(flow, on_event)
 
     def download(
@@ -1133,8 +1110,8 @@ class RylaClient:
         timeout: float | None = None,
     ) -> list[SavedOutput]:
         """Save every output of a finished job under ``out_dir`` (streamed, checksummed, atomic)."""
-        run, limit = _Run(job.job_id, on_event), Deadline(timeout, "timeout")
-        return self._run(self._core.download(run, job, out_dir, limit), on_event)
+        run = _Run(job.job_id, on_event, timeout)
+        return self._run(self._core.download(run, job, out_dir), on_event)
 
     def generate(
         self,
@@ -1155,11 +1132,10 @@ class RylaClient:
         ``timeout`` bounds the whole of it; the phase budgets bound the wait inside it.
         """
         flow = self._core.generate(
-            _Run(job_id, on_event),
+            _Run(job_id, on_event, timeout),
             workflow,
             out_dir=out_dir,
             inputs=inputs,
-            limit=Deadline(timeout, "timeout"),
             cold_start_timeout=cold_start_timeout,
             execution_timeout=execution_timeout,
             write_manifest=write_manifest,
@@ -1169,42 +1145,16 @@ class RylaClient:
 
 
 # --------------------------------------------------------------------------- async client
-class AsyncRylaClient:
+class AsyncRylaClient(_ClientBase[httpx.AsyncClient]):
     """The asynchronous twin of `RylaClient`; same arguments, same behaviour.
 
     Deadlines are enforced with ``asyncio.timeout``; outputs stream to disk through the same
     save path as the sync client's (a worker thread fed one chunk at a time).
     """
 
-    def __init__(
-        self,
-        endpoint: str | None = None,
-        *,
-        token: str | None = None,
-        modal_key: str | None = None,
-        modal_secret: str | None = None,
-        retry_policy: RetryPolicy | None = None,
-        cold_start_timeout: float | None = None,
-        execution_timeout: float | None = None,
-        http_client: httpx.AsyncClient | None = None,
-    ) -> None:
-        self._core = _settings(
-            endpoint,
-            token,
-            modal_key,
-            modal_secret,
-            cold_start_timeout,
-            execution_timeout,
-            retry_policy,
-        )
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(
-            verify=_tls_verify(self._core.settings.endpoint), **_http_options(self._core)
-        )
-
-    @property
-    def settings(self) -> ClientSettings:
-        return self._core.settings
+    def _new_http(self) -> httpx.AsyncClient:
+        verify = _tls_verify(self._core.settings.endpoint)
+        return httpx.AsyncClient(verify=verify, **self._http_options())
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -1333,9 +1283,7 @@ class AsyncRylaClient:
         cold_start_timeout: float | None = None,
         timeout: float | None = None,
     ) -> Job:
-        flow = self._core.wake(
-            _Run(None, on_event), Deadline(timeout, "timeout"), cold_start_timeout
-        )
+        flow = self._core.wake(_Run(None, on_event, timeout), cold_start_timeout)
         return await self._run(flow, on_event)
 
     async def iter_events(
@@ -1346,12 +1294,8 @@ class AsyncRylaClient:
         execution_timeout: float | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[JobEvent]:
-        limit = Deadline(timeout, "timeout")
-        steps = _Steps(
-            self._core.events(
-                _Run(job_id, None), job_id, limit, cold_start_timeout, execution_timeout
-            )
-        )
+        run = _Run(job_id, None, timeout)
+        steps = _Steps(self._core.events(run, cold_start_timeout, execution_timeout))
         while (step := steps.next()) is not None:
             if isinstance(step, JobEvent):
                 yield step
@@ -1366,8 +1310,8 @@ class AsyncRylaClient:
         execution_timeout: float | None = None,
         timeout: float | None = None,
     ) -> Job:
-        run, limit = _Run(job_id, on_event), Deadline(timeout, "timeout")
-        flow = self._core.wait(run, job_id, limit, cold_start_timeout, execution_timeout)
+        run = _Run(job_id, on_event, timeout)
+        flow = self._core.wait(run, cold_start_timeout, execution_timeout)
         return await self._run(flow, on_event)
 
     async def download(
@@ -1378,8 +1322,8 @@ class AsyncRylaClient:
         on_event: EventCallback | None = None,
         timeout: float | None = None,
     ) -> list[SavedOutput]:
-        run, limit = _Run(job.job_id, on_event), Deadline(timeout, "timeout")
-        return await self._run(self._core.download(run, job, out_dir, limit), on_event)
+        run = _Run(job.job_id, on_event, timeout)
+        return await self._run(self._core.download(run, job, out_dir), on_event)
 
     async def generate(
         self,
@@ -1396,11 +1340,10 @@ class AsyncRylaClient:
         timeout: float | None = None,
     ) -> GenerateResult:
         flow = self._core.generate(
-            _Run(job_id, on_event),
+            _Run(job_id, on_event, timeout),
             workflow,
             out_dir=out_dir,
             inputs=inputs,
-            limit=Deadline(timeout, "timeout"),
             cold_start_timeout=cold_start_timeout,
             execution_timeout=execution_timeout,
             write_manifest=write_manifest,
