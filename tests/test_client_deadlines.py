@@ -11,6 +11,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -127,3 +128,41 @@ def test_no_tight_poll_loop_near_the_execution_deadline(kind: str) -> None:
     assert 1 <= len(last_second) <= 8, len(last_second)
     waits = [p for _, _, p in server.requests[1:]]
     assert all("wait=" in p for p in waits), waits  # every poll is a long poll, never wait=0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_download_cut_by_its_deadline_leaves_no_partial_file(kind: str, tmp_path: Path) -> None:
+    """The output trickles in: the download stops at the deadline and its temp file is gone
+    (for the async client, the worker thread that writes it is stopped and awaited)."""
+    stop = threading.Event()
+
+    def crawl() -> Iterator[bytes]:
+        for _ in range(100_000):
+            if stop.wait(0.05):
+                return
+            yield b"\0" * 1024
+
+    def app(method: str, path: str, query: dict[str, list[str]], body: bytes) -> Answer:
+        if path.endswith("/outputs/0"):
+            return 200, {"content-type": "image/png", "content-length": str(10**8)}, crawl()
+        output = {"index": 0, "node_id": "9", "filename": "a.png", "kind": "images"}
+        output |= {"mime": "image/png", "size": 10**8, "sha256": "0" * 64}
+        return job_answer(JOB_ID, "succeeded", phase="done", outputs=[output])
+
+    out = tmp_path / "out"
+    with ScriptedServer(app) as server:
+
+        async def scenario(client: Any) -> Any:
+            job = await call(client.status(JOB_ID))
+            return await call(client.download(job, out, timeout=DEADLINE_S))
+
+        started = time.monotonic()
+        try:
+            with pytest.raises(RequestTimeout) as info:
+                run(kind, server.url, scenario)
+        finally:
+            stop.set()
+        took = time.monotonic() - started
+    assert took < DEADLINE_S + HANG_GUARD_S
+    assert info.value.phase == "download" and info.value.job_id == JOB_ID
+    assert list(out.iterdir()) == []
