@@ -395,3 +395,20 @@ def test_malformed_job_answer_is_an_error_naming_the_field(
         server.stop()
     assert named in info.value.message
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_list_jobs_and_job_logs_through_the_gateway(
+    kind: str, gateway: Gateway, tmp_path: Path
+) -> None:
+    async def scenario(client: Any) -> Any:
+        result = await call(client.generate(simple_workflow(unique("ls")), out_dir=tmp_path))
+        page = await call(client.list_jobs(status="succeeded", limit=100))
+        logs = await call(client.job_logs(result.job.job_id))
+        return result.job.job_id, page, logs
+
+    job_id, page, logs = run(kind, gateway.url, scenario)
+    assert job_id in [j.job_id for j in page.jobs]
+    assert all(j.status == "succeeded" for j in page.jobs)
+    assert logs["job_id"] == job_id and logs["source"] == "comfyui"
+    assert isinstance(logs["lines"], list)
