@@ -643,16 +643,15 @@ class _Core:
         )
         job: Job = yield from run.call(self.status(job_id, 0, limit, "status", run.retry))
         for _ in range(_MAX_POLLS):
-            if state.changed(job):
+            changed = state.changed(job)
+            if changed:
                 yield run.event("update", job)
             if job.status in TERMINAL:
                 return job
             phase, phase_limit = state.phase(job)
             if phase_limit.expired():
                 raise self.timed_out(phase, phase_limit, job_id)
-            pause = state.pause()
-            if pause > 0:
-                yield _Sleep(pause)
+            yield _Sleep(state.pause(changed))
             state.polled()
             step = self.status(job_id, state.long_poll(phase_limit), phase_limit, phase, run.retry)
             job = yield from run.call(step)
@@ -830,9 +829,14 @@ class _WaitState:
             wait = min(wait, math.ceil(remaining))
         return max(defaults.LONG_POLL_MIN_S, wait)
 
-    def pause(self) -> float:
-        """How long to sleep before the next poll, so polls come at most so often."""
-        return defaults.POLL_MIN_INTERVAL_S - (time.monotonic() - self.last_poll)
+    def pause(self, changed: bool) -> float:
+        """How long to sleep before the next poll: always a little, so the loop can never spin;
+        after an answer with nothing new, until the minimum interval since the last poll.
+        After a change the next (long) poll goes out at once, so the end is seen at once."""
+        if changed:
+            return defaults.POLL_MIN_SLEEP_S
+        since = time.monotonic() - self.last_poll
+        return max(defaults.POLL_MIN_SLEEP_S, defaults.POLL_MIN_INTERVAL_S - since)
 
     def polled(self) -> None:
         self.last_poll = time.monotonic()

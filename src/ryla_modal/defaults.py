@@ -13,7 +13,8 @@ EXECUTION_TIMEOUT_S = 1200.0
 LONG_POLL_WAIT_S = 20
 LONG_POLL_MAX_S = 25
 LONG_POLL_MIN_S = 1  # near a deadline the long poll still waits this long: never a tight loop
-POLL_MIN_INTERVAL_S = 0.25  # between two polls of one job, whatever the server's answers
+POLL_MIN_INTERVAL_S = 0.25  # an answer with nothing new: the next poll waits this long after it
+POLL_MIN_SLEEP_S = 0.02  # and every poll waits at least this long: the loop never spins
 RETRY_AFTER_CAP_S = 120.0
 RETRY_MAX_ATTEMPTS = 6
 # One request, all its retries included, gives up after this long (a call's own `timeout` and a
