@@ -97,7 +97,8 @@ class JobEvent:
     """Something the caller may want to show: a new job state, a retry, a download, the end.
 
     ``kind`` is one of ``submitted``, ``update``, ``retry``, ``downloading``, ``saved``,
-    ``done``.  ``job`` is the job as last seen (``None`` only for a retry before the first
+    ``done``.  ``elapsed_s`` counts from the start of the call, or for ``downloading`` and
+    ``saved`` from the start of the download.  ``job`` is the job as last seen (``None`` only for a retry before the first
     answer); ``retry`` says what is retried, after which attempt, how long we wait and why.
     """
 
@@ -269,9 +270,12 @@ class _Run:
         self.pending: list[JobEvent] = []
         self.cold: Deadline | None = None  # set by a flow whose cold start began earlier
 
-    def event(self, kind: str, job: Job, output: SavedOutput | None = None) -> JobEvent:
+    def event(
+        self, kind: str, job: Job, output: SavedOutput | None = None, since: float | None = None
+    ) -> JobEvent:
         self.job = job
-        return JobEvent(kind, job, time.monotonic() - self.started, output)
+        elapsed = time.monotonic() - (self.started if since is None else since)
+        return JobEvent(kind, job, elapsed, output)
 
     def retry(self, notice: RetryNotice) -> None:
         elapsed = time.monotonic() - self.started
@@ -673,11 +677,12 @@ class _Core:
     def download(self, run: _Run, job: Job, out_dir: str | Path) -> Flow[list[SavedOutput]]:
         self.job_path(job.job_id)
         saved: list[SavedOutput] = []
+        started = time.monotonic()  # download events count from here: the downloaded phase
         for out in job.outputs:
-            yield run.event("downloading", job)
+            yield run.event("downloading", job, since=started)
             one = yield from run.call(self.output(run, job, out, Path(out_dir)))
             saved.append(one)
-            yield run.event("saved", job, one)
+            yield run.event("saved", job, one, since=started)
         return saved
 
     def wake(self, run: _Run, cold_start_timeout: float | None) -> Flow[Job]:
