@@ -98,8 +98,9 @@ class JobEvent:
 
     ``kind`` is one of ``submitted``, ``update``, ``retry``, ``downloading``, ``saved``,
     ``done``.  ``elapsed_s`` counts from the start of the call, or for ``downloading`` and
-    ``saved`` from the start of the download.  ``job`` is the job as last seen (``None`` only for a retry before the first
-    answer); ``retry`` says what is retried, after which attempt, how long we wait and why.
+    ``saved`` from the start of the download.  ``job`` is the job as last seen (``None`` only
+    for a retry before the first answer); ``retry`` says what is retried, after which attempt,
+    how long we wait and why.
     """
 
     kind: str
