@@ -115,28 +115,13 @@ class JobEvent:
             object.__setattr__(self, "job_id", self.job.job_id)
 
     def __str__(self) -> str:
-        head = f"{self.elapsed_s:7.1f}s job {self.job_id or '?'} {self.kind}"
-        if self.retry is not None:
-            return f"{head}: {self.retry}"
-        if self.output is not None:
-            return f"{head}: {self.output.path} ({self.output.size} bytes)"
-        job = self.job
-        if job is None:
-            return head
-        text = f"{head}: {job.status}" + (f" ({job.phase})" if job.phase else "")
-        p = job.progress
-        if p is not None and p.nodes_total:
-            text += f", node {p.nodes_done}/{p.nodes_total}"
-        if p is not None and p.step is not None and p.steps:
-            text += f", step {p.step}/{p.steps}"
-        return text
-
-    def __str__(self) -> str:
         """One readable line, so ``on_event=print`` shows the progress (the README's example).
 
         ``12.3s  update  3f2c…  running · executing · node 2/5 KSampler · step 7/20``
         """
         job = self.job
+        if self.retry is not None or job is None:
+            return f"{self.elapsed_s:6.1f}s  {self.kind:<11} {self.job_id or '-'}  {self.retry}"
         parts: list[str] = [job.status]
         if job.phase and job.phase != "done":
             parts.append(job.phase.replace("_", " "))
