@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mappin
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
@@ -90,6 +90,8 @@ class SavedOutput:
     mime: str
     size: int
     sha256: str
+    kind: str = ""  # the output's kind: "images", "audio", "3d", "text", ...
+    text: str | None = None  # a text output's string (the file holds it too)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,11 @@ class GenerateResult:
     manifest: Path | None
     workflow: dict[str, Any] = field(repr=False, default_factory=dict)
 
+    @property
+    def texts(self) -> list[str]:
+        """The strings of the text outputs (PreviewAny & co.), in output order."""
+        return [f.text for f in self.files if f.text is not None]
+
 
 @dataclass(frozen=True)
 class JobPage:
@@ -167,6 +174,32 @@ class InputUpload:
     def from_path(cls, path: str | Path) -> InputUpload:
         p = Path(path)
         return cls(p.name, p.read_bytes())
+
+
+@dataclass(frozen=True)
+class InputURL:
+    """A file for ComfyUI's input folder that the server fetches from ``url`` itself.
+
+    Large files need not travel through the job API.  The server fetches public http(s) URLs
+    only (no redirects, a size cap); ``sha256`` set: a different file fails the job before it
+    runs.  ``name`` is what the workflow's LoadImage names.
+    """
+
+    name: str
+    url: str = field(repr=False)  # presigned URLs carry secrets
+    sha256: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, name: str | None = None, sha256: str | None = None) -> InputURL:
+        """Name by the URL's last path segment; a ``#sha256=HEX`` fragment gives the checksum
+        (fragments never leave the client, so the URL fetched is the same without it)."""
+        base, _, fragment = url.partition("#")
+        if sha256 is None and fragment.startswith("sha256="):
+            sha256 = fragment[len("sha256=") :]
+        return cls(name or unquote(urlsplit(base).path.rsplit("/", 1)[-1]), base, sha256)
+
+
+InputLike = InputUpload | InputURL
 
 
 class _RetryableStatus(Exception):
@@ -327,20 +360,20 @@ class _Core:
         self,
         workflow: WorkflowLike,
         job_id: str,
-        inputs: Sequence[InputUpload],
+        inputs: Sequence[InputLike],
         timeout_s: int | None,
         limit: Deadline | float | None,
         on_retry: Callable[[RetryNotice], None] | None = None,
+        previews: bool = False,
     ) -> _Call:
         self.job_path(job_id)
         body: dict[str, Any] = {"job_id": job_id, "workflow": _workflow_dict(workflow)}
         if inputs:
-            body["inputs"] = [
-                {"name": i.name, "data_b64": base64.b64encode(i.data).decode("ascii")}
-                for i in inputs
-            ]
+            body["inputs"] = [_input_body(i) for i in inputs]
         if timeout_s is not None:
             body["timeout_s"] = int(timeout_s)
+        if previews:
+            body["previews"] = True
         parse = self.job_parser(job_id, lookup=False)
         return self.call(
             _Request("POST", "/jobs", json=body), "submit", limit, parse, job_id, on_retry
@@ -595,11 +628,15 @@ class _Core:
 
     @staticmethod
     def saved(step: _Save, response: httpx.Response, file: tuple[Path, str, int]) -> SavedOutput:
-        assert step.output is not None
+        out = step.output
+        assert out is not None
         mime = response.headers.get("content-type", "application/octet-stream")
         path, sha, size = file
+        text = out.text
+        if text is None and out.kind == "text":  # the job record left a long one out
+            text = path.read_text("utf-8", errors="replace")
         return SavedOutput(
-            step.output.index, step.output.node_id, path, mime.split(";")[0], size, sha
+            out.index, out.node_id, path, mime.split(";")[0], size, sha, out.kind, text
         )
 
     @staticmethod
@@ -684,7 +721,8 @@ class _Core:
         workflow: WorkflowLike,
         *,
         out_dir: str | Path,
-        inputs: Sequence[InputUpload],
+        inputs: Sequence[InputLike],
+        previews: bool,
         cold_start_timeout: float | None,
         execution_timeout: float | None,
         write_manifest: bool,
@@ -699,7 +737,7 @@ class _Core:
         run.cold = self.cold_budget(cold_start_timeout)
         submit_limit = Deadline.earliest(run.limit, run.cold)
         job: Job = yield from run.call(
-            self.submit(wf, job_id, inputs, None, submit_limit, run.retry)
+            self.submit(wf, job_id, inputs, None, submit_limit, run.retry, previews)
         )
         yield run.event("submitted", job)
         job = yield from self.wait(run, cold_start_timeout, execution_timeout)
@@ -763,6 +801,15 @@ def _retry_cause(exc: BaseException) -> str | None:
 
 def _retry_after(exc: BaseException) -> float | None:
     return parse_retry_after(exc.response.headers) if isinstance(exc, _RetryableStatus) else None
+
+
+def _input_body(item: InputLike) -> dict[str, Any]:
+    if isinstance(item, InputURL):
+        body: dict[str, Any] = {"name": item.name, "url": item.url}
+        if item.sha256 is not None:
+            body["sha256"] = item.sha256
+        return body
+    return {"name": item.name, "data_b64": base64.b64encode(item.data).decode("ascii")}
 
 
 def _error_body(response: httpx.Response) -> dict[str, Any]:
@@ -996,15 +1043,18 @@ class RylaClient(_ClientBase[httpx.Client]):
         workflow: WorkflowLike,
         *,
         job_id: str | None = None,
-        inputs: Sequence[InputUpload] = (),
+        inputs: Sequence[InputLike] = (),
         timeout_s: int | None = None,
+        previews: bool = False,
         timeout: float | None = None,
     ) -> Job:
         """Start a job; safe to call again with the same ``job_id`` (it never runs twice).
 
         ``timeout_s`` is the job's own limit on the server; ``timeout`` this call's deadline.
         """
-        step = self._core.submit(workflow, _new_id(job_id), inputs, timeout_s, timeout)
+        step = self._core.submit(
+            workflow, _new_id(job_id), inputs, timeout_s, timeout, previews=previews
+        )
         job: Job = self._perform(step)
         return job
 
@@ -1114,7 +1164,8 @@ class RylaClient(_ClientBase[httpx.Client]):
         *,
         out_dir: str | Path = "outputs",
         job_id: str | None = None,
-        inputs: Sequence[InputUpload] = (),
+        inputs: Sequence[InputLike] = (),
+        previews: bool = False,
         on_event: EventCallback | None = None,
         cold_start_timeout: float | None = None,
         execution_timeout: float | None = None,
@@ -1131,6 +1182,7 @@ class RylaClient(_ClientBase[httpx.Client]):
             workflow,
             out_dir=out_dir,
             inputs=inputs,
+            previews=previews,
             cold_start_timeout=cold_start_timeout,
             execution_timeout=execution_timeout,
             write_manifest=write_manifest,
@@ -1212,11 +1264,14 @@ class AsyncRylaClient(_ClientBase[httpx.AsyncClient]):
         workflow: WorkflowLike,
         *,
         job_id: str | None = None,
-        inputs: Sequence[InputUpload] = (),
+        inputs: Sequence[InputLike] = (),
         timeout_s: int | None = None,
+        previews: bool = False,
         timeout: float | None = None,
     ) -> Job:
-        step = self._core.submit(workflow, _new_id(job_id), inputs, timeout_s, timeout)
+        step = self._core.submit(
+            workflow, _new_id(job_id), inputs, timeout_s, timeout, previews=previews
+        )
         job: Job = await self._perform(step)
         return job
 
@@ -1326,7 +1381,8 @@ class AsyncRylaClient(_ClientBase[httpx.AsyncClient]):
         *,
         out_dir: str | Path = "outputs",
         job_id: str | None = None,
-        inputs: Sequence[InputUpload] = (),
+        inputs: Sequence[InputLike] = (),
+        previews: bool = False,
         on_event: EventCallback | None = None,
         cold_start_timeout: float | None = None,
         execution_timeout: float | None = None,
@@ -1339,6 +1395,7 @@ class AsyncRylaClient(_ClientBase[httpx.AsyncClient]):
             workflow,
             out_dir=out_dir,
             inputs=inputs,
+            previews=previews,
             cold_start_timeout=cold_start_timeout,
             execution_timeout=execution_timeout,
             write_manifest=write_manifest,
