@@ -84,7 +84,7 @@ def test_retry_after_is_the_delay_slept(
     (line,) = retry_logs(caplog)
     logged = float(line.split(" in ")[1].split("s ")[0])
     assert 0 < logged <= 2.0  # the server's delay, not FAST's 0.02 s backoff
-    assert second - first >= logged  # and it is what was slept
+    assert second - first >= logged - 0.01  # and it is what was slept (the log rounds to 10 ms)
 
 
 @pytest.mark.parametrize("kind", KINDS)
