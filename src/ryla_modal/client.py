@@ -214,8 +214,11 @@ class _Core:
         inputs: Sequence[InputLike],
         timeout_s: int | None,
         previews: bool = False,
+        webhook: WebhookLike | None = None,
     ) -> _Request:
         body: dict[str, Any] = {"job_id": job_id, "workflow": dict(workflow)}
+        if webhook is not None:
+            body["webhook"] = _webhook_body(webhook)
         if inputs:
             body["inputs"] = [_input_body(i) for i in inputs]
         if timeout_s is not None:
@@ -471,6 +474,20 @@ def _tls_verify(endpoint: str) -> ssl.SSLContext | bool:
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
+#: A webhook as callers give it: its URL, or ``{"url": ..., "events": [...]}``.
+WebhookLike = str | Mapping[str, Any]
+
+
+def _webhook_body(webhook: WebhookLike) -> dict[str, Any]:
+    """The request's ``webhook`` object; the server checks the URL and the events."""
+    if isinstance(webhook, str):
+        return {"url": webhook}
+    body = dict(webhook)
+    if "events" in body and body["events"] is not None:
+        body["events"] = list(body["events"])
+    return body
+
+
 def _workflow_dict(workflow: WorkflowLike) -> dict[str, Any]:
     to_dict = getattr(workflow, "to_dict", None)
     if callable(to_dict):
@@ -597,10 +614,17 @@ class RylaClient:
         inputs: Sequence[InputLike] = (),
         timeout_s: int | None = None,
         previews: bool = False,
+        webhook: WebhookLike | None = None,
     ) -> Job:
-        """Start a job; safe to call again with the same ``job_id`` (it never runs twice)."""
+        """Start a job; safe to call again with the same ``job_id`` (it never runs twice).
+
+        ``webhook``: a URL (or ``{"url", "events"}``) the server POSTs the finished job to,
+        signed with the deployment's secret (check it with ``ryla_modal.webhooks.verify``).
+        """
         job_id = job_id or str(uuid.uuid4())
-        req = self._core.submit(_workflow_dict(workflow), job_id, inputs, timeout_s, previews)
+        req = self._core.submit(
+            _workflow_dict(workflow), job_id, inputs, timeout_s, previews, webhook
+        )
         return self._core.parse_job(self._send(req), job_id=None)
 
     def status(self, job_id: str, *, wait: float = 0) -> Job:
@@ -748,12 +772,13 @@ class RylaClient:
         execution_timeout: float | None = None,
         write_manifest: bool = True,
         manifest_extra: Mapping[str, Any] | None = None,
+        webhook: WebhookLike | None = None,
     ) -> GenerateResult:
         """Submit, wait, download every output and write the manifest: all of it."""
         wf = _workflow_dict(workflow)
         job_id = job_id or str(uuid.uuid4())
         started = time.monotonic()
-        job = self.submit(wf, job_id=job_id, inputs=inputs, previews=previews)
+        job = self.submit(wf, job_id=job_id, inputs=inputs, previews=previews, webhook=webhook)
         if on_event:
             on_event(JobEvent("submitted", job, time.monotonic() - started))
         job = self.wait(
@@ -867,9 +892,12 @@ class AsyncRylaClient:
         inputs: Sequence[InputLike] = (),
         timeout_s: int | None = None,
         previews: bool = False,
+        webhook: WebhookLike | None = None,
     ) -> Job:
         job_id = job_id or str(uuid.uuid4())
-        req = self._core.submit(_workflow_dict(workflow), job_id, inputs, timeout_s, previews)
+        req = self._core.submit(
+            _workflow_dict(workflow), job_id, inputs, timeout_s, previews, webhook
+        )
         return self._core.parse_job(await self._send(req))
 
     async def status(self, job_id: str, *, wait: float = 0) -> Job:
@@ -1016,13 +1044,16 @@ class AsyncRylaClient:
         execution_timeout: float | None = None,
         write_manifest: bool = True,
         manifest_extra: Mapping[str, Any] | None = None,
+        webhook: WebhookLike | None = None,
     ) -> GenerateResult:
         import asyncio
 
         wf = _workflow_dict(workflow)
         job_id = job_id or str(uuid.uuid4())
         started = time.monotonic()
-        job = await self.submit(wf, job_id=job_id, inputs=inputs, previews=previews)
+        job = await self.submit(
+            wf, job_id=job_id, inputs=inputs, previews=previews, webhook=webhook
+        )
         if on_event:
             on_event(JobEvent("submitted", job, time.monotonic() - started))
         job = await self.wait(

@@ -72,6 +72,7 @@ IMAGE_PACKAGES: tuple[str, ...] = (
     "rich>=13",
     "typer>=0.29,<0.30",
     "tomli-w>=1.0,<2",
+    "standardwebhooks>=1.1,<2",
     "huggingface_hub>=0.24",
 )
 
