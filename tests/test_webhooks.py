@@ -475,3 +475,40 @@ def test_verify_accepts_a_good_delivery_and_explains_a_bad_one() -> None:
 def test_receivers_reach_verify_from_the_package_root() -> None:
     assert ryla_modal.verify_webhook is verify_webhook  # type: ignore[attr-defined]
     assert ryla_modal.WebhookVerificationError is WebhookVerificationError  # type: ignore[attr-defined]
+
+
+def test_on_modal_the_dict_outbox_is_shared_by_worker_and_gateway(
+    tmp_path: Path, receivers: Callable[..., Receiver]
+) -> None:
+    """The worker's final write queues the delivery (``webhook:<id>`` before ``final:<id>``);
+    one claim per attempt across processes; the keys go once it is delivered."""
+    from ryla_modal.cloud.store import DictJobStore
+    from ryla_modal.gateway.webhooks import Deliverer
+    from tests.test_cloud_backend import MemoryDict
+
+    receiver = receivers([500])
+    d = MemoryDict()
+    gateway_store = DictJobStore(d, outputs_dir=tmp_path, role="gateway")
+    worker_store = DictJobStore(d, outputs_dir=tmp_path, role="worker")
+    record = _record("m").model_copy(update={"status": "queued", "webhook_url": receiver.url})
+    gateway_store.create_if_absent(record)
+    worker_store.update("m", status="running", phase="executing")
+    assert "webhook:m" not in list(d.keys())
+    worker_store.update("m", status="succeeded", phase="done")
+    keys = [k for op, k in d.ops if op == "put"]
+    assert keys.index("webhook:m") < keys.index("final:m")
+    assert gateway_store.due_webhooks(time.time() + 1, 10) == ["m"]
+
+    worker = Deliverer(worker_store, FAST).deliver("m")  # right after the job, in the worker
+    assert worker is not None and worker.state == "pending" and worker.last_status == 500
+    assert not gateway_store.claim_webhook("m", 1)  # attempt 1 was the worker's
+    gateway = Deliverer(gateway_store, FAST)
+    deadline = time.monotonic() + 10
+    while (state := gateway.deliver("m")) is None:  # ...attempt 2 waits for its time
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert state.state == "delivered" and state.attempts == 2
+    assert gateway_store.get("m").webhook.state == "delivered"  # type: ignore[union-attr]
+    left = list(d.keys())
+    assert "webhook:m" not in left and "webhook-claim:m" not in left
+    assert receiver.count() == 2

@@ -111,6 +111,7 @@ WEBHOOK_RETRY_MAX_S = 600.0  # backoff doubles per attempt up to this many secon
 WEBHOOK_RETRY_BUDGET_S = 24 * 3600.0  # after the job's final status, retries stop after this long
 WEBHOOK_POLL_S = 1.0  # the deliverer looks for due deliveries at least this often
 WEBHOOK_DICT_SCAN_S = 15.0  # on Modal, the pending deliveries in the Dict are re-read this often
+WEBHOOK_CLAIM_LEASE_S = 60.0  # on Modal, an attempt claimed this long ago may be taken over
 WEBHOOK_MAX_URL_CHARS = 2048
 WEBHOOK_SIGNATURE_TOLERANCE_S = 300  # Standard Webhooks: a timestamp older or newer is refused
 WEBHOOK_CONCURRENCY = 4  # deliveries in flight at once, per gateway process
