@@ -512,3 +512,24 @@ def test_on_modal_the_dict_outbox_is_shared_by_worker_and_gateway(
     left = list(d.keys())
     assert "webhook:m" not in left and "webhook-claim:m" not in left
     assert receiver.count() == 2
+
+
+def test_ryla_generate_webhook_sends_the_finished_job(
+    gateway: Callable[..., Gateway], receivers: Callable[..., Receiver], tmp_path: Path
+) -> None:
+    from tests.test_cli_generate import ryla, ryla_env, write_workflow
+
+    receiver = receivers([])
+    gw = gateway(webhooks=FAST)
+    wf = write_workflow(tmp_path / "wf.json", unique("cliwh"))
+    env = ryla_env(tmp_path, RYLA_TOKEN=TOKEN, RYLA_ENDPOINT=gw.url)
+    proc = ryla("generate", str(wf), "--webhook", receiver.url, "--out", "o", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [got] = receiver.wait_for(1)
+    event = verify_webhook(got.body, got.headers, SECRET)
+    assert event["type"] == "job.succeeded"
+    saved = tmp_path / proc.stdout.splitlines()[0]
+    assert event["data"]["outputs"][0]["sha256"] == hashlib.sha256(saved.read_bytes()).hexdigest()
+
+    refused = ryla("generate", str(wf), "--webhook", "ftp://x/y", env=env, cwd=tmp_path)
+    assert refused.returncode != 0 and "only http and https" in refused.stderr
