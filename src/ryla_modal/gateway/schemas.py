@@ -194,6 +194,8 @@ class WebhookRequest(BaseModel):
         max_length=defaults.WEBHOOK_MAX_URL_CHARS,
         description="http(s) URL the server POSTs the finished job to; it must resolve to a"
         " public address unless the server allows private ones",
+        # documented, not enforced here: the server's own check says what is wrong (422)
+        json_schema_extra={"pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+([/?#]\S*)?$"},
     )
     events: list[WebhookEvent] = Field(
         default_factory=lambda: list(_ALL_EVENTS),
