@@ -6,9 +6,10 @@ valid by the published schema may still get a 422 that says the *graph* is wrong
 verdicts, a link to a node that is not there, links that loop, two input files under one name;
 an input URL whose host resolves to a refused address, inline bytes that miss their sha256.
 Likewise a page cursor the server did not issue (its alphabet is in the schema, its meaning is
-not).  Every other rejection of a schema-valid request (``invalid_request``, another
-``invalid_workflow``, a 400, a 413) means the document promises more than the server takes, and
-fails.
+not), and a webhook the server will not take (where its host resolves to, or a server without a
+signing secret: ``invalid_webhook``).  Every other rejection of a schema-valid request
+(``invalid_request``, another ``invalid_workflow``, a 400, a 413) means the document promises
+more than the server takes, and fails.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def schema_valid_requests_are_accepted(ctx: Any, response: Any, case: Any) -> bo
             type_ = response.json()["error"]["type"]
         except (ValueError, KeyError, TypeError):
             type_ = None
-        if type_ in COMFYUI_VERDICTS or type_ in INPUT_VERDICTS:
+        if type_ in COMFYUI_VERDICTS or type_ in INPUT_VERDICTS or type_ == "invalid_webhook":
             return None
         if type_ in ("invalid_workflow", "invalid_input") and GRAPH_VERDICTS.search(response.text):
             return None

@@ -25,6 +25,7 @@ from ryla_modal.gateway.app import Limits, create_app
 from ryla_modal.gateway.executors import LocalExecutor
 from ryla_modal.gateway.object_info import ComfyObjectInfo
 from ryla_modal.gateway.store import JobStore, MemoryJobStore
+from ryla_modal.gateway.webhooks import Deliverer, WebhookSettings
 from tests.conftest import ComfyServer
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -113,7 +114,11 @@ def running_gateway(
     workers: int = 4,
     validate: bool = True,
     fetch_rules: FetchRules | None = None,
+    webhooks: WebhookSettings | None = None,
+    deliver_with: WebhookSettings | None = None,
 ) -> Iterator[Gateway]:
+    """``webhooks``: the app takes webhook jobs and a deliverer sends them (with
+    ``deliver_with`` when given: a deliverer whose rules differ from the app's)."""
     store = store or MemoryJobStore()
     executor = LocalExecutor(
         store,
@@ -124,7 +129,13 @@ def running_gateway(
         fetch_rules=fetch_rules,
     )
     object_info = ComfyObjectInfo(comfy.base_url) if validate else None
-    app = create_app(executor, store, token=token, object_info=object_info, limits=limits)
+    app = create_app(
+        executor, store, token=token, object_info=object_info, limits=limits, webhooks=webhooks
+    )
+    deliverer = None
+    if webhooks is not None:
+        deliverer = Deliverer(store, deliver_with or webhooks)
+        deliverer.start()
     server = UvicornThread(app)
     server.start()
     gw = Gateway(server.url, app, store, executor, comfy, token)
@@ -135,6 +146,8 @@ def running_gateway(
             c.close()
         server.stop()
         executor.close()
+        if deliverer is not None:
+            deliverer.close()
 
 
 def gateway_maker(

@@ -26,6 +26,7 @@ from ryla_modal.gateway import schemas
         (client_job.OutputInfo, schemas.OutputInfo),
         (client_job.JobError, schemas.JobError),
         (client_job.Timings, schemas.Timings),
+        (client_job.WebhookStatus, schemas.WebhookStatus),
     ],
 )
 def test_same_fields_as_the_contract(plain: type, model: type[BaseModel]) -> None:
@@ -79,6 +80,16 @@ def full_record() -> schemas.JobRecord:
         timings=schemas.Timings(queued=1.5, executing=7, total=9.25),
         call_id="fc-123",
         workflow_sha256="0" * 64,
+        webhook=schemas.WebhookStatus(
+            events=["failed", "succeeded"],
+            state="pending",
+            attempts=2,
+            last_status=503,
+            last_error="HTTP 503",
+            next_attempt_at=1_700_000_020.0,
+            due_since=1_700_000_009.5,
+        ),
+        webhook_url="https://example.com/hook?token=secret",
     )
 
 
@@ -88,6 +99,8 @@ def test_a_server_made_job_reads_back_unchanged() -> None:
     assert job.to_dict() == answer
     assert job.error is not None and job.error.extra == {"current_inputs": {"seed": [1]}}
     assert job.progress == client_job.Progress("3", "KSampler", 2, 7, 4, 20)
+    assert job.webhook is not None and job.webhook.attempts == 2
+    assert "token=secret" not in json.dumps(answer)  # the webhook URL stays private
     assert job.finished
 
 

@@ -50,6 +50,8 @@ _EXPORTS: dict[str, str] = {
     "LogsResult": "ryla_modal.deploy.modal_cli",
     "ModalCLI": "ryla_modal.deploy.modal_cli",
     "StopResult": "ryla_modal.deploy.modal_cli",
+    "WebhookVerificationError": "ryla_modal.webhooks",
+    "verify_webhook": "ryla_modal.webhooks",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -93,6 +95,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         WorkflowValidationError,
     )
     from ryla_modal.job import Job, JobError, OutputInfo, Progress  # noqa: F401
+    from ryla_modal.webhooks import WebhookVerificationError, verify_webhook  # noqa: F401
     from ryla_modal.workflow import Workflow, load_workflow  # noqa: F401
 
 

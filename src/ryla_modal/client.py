@@ -365,9 +365,12 @@ class _Core:
         limit: Deadline | float | None,
         on_retry: Callable[[RetryNotice], None] | None = None,
         previews: bool = False,
+        webhook: WebhookLike | None = None,
     ) -> _Call:
         self.job_path(job_id)
         body: dict[str, Any] = {"job_id": job_id, "workflow": _workflow_dict(workflow)}
+        if webhook is not None:
+            body["webhook"] = _webhook_body(webhook)
         if inputs:
             body["inputs"] = [_input_body(i) for i in inputs]
         if timeout_s is not None:
@@ -727,6 +730,7 @@ class _Core:
         execution_timeout: float | None,
         write_manifest: bool,
         manifest_extra: Mapping[str, Any] | None,
+        webhook: WebhookLike | None = None,
     ) -> Flow[GenerateResult]:
         """Submit, wait, download every output and write the manifest."""
         job_id = _new_id(run.job_id)
@@ -737,7 +741,7 @@ class _Core:
         run.cold = self.cold_budget(cold_start_timeout)
         submit_limit = Deadline.earliest(run.limit, run.cold)
         job: Job = yield from run.call(
-            self.submit(wf, job_id, inputs, None, submit_limit, run.retry, previews)
+            self.submit(wf, job_id, inputs, None, submit_limit, run.retry, previews, webhook)
         )
         yield run.event("submitted", job)
         job = yield from self.wait(run, cold_start_timeout, execution_timeout)
@@ -891,6 +895,20 @@ def _tls_verify(endpoint: str) -> ssl.SSLContext | bool:
     if endpoint.startswith("https://"):
         return True
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+#: A webhook as callers give it: its URL, or ``{"url": ..., "events": [...]}``.
+WebhookLike = str | Mapping[str, Any]
+
+
+def _webhook_body(webhook: WebhookLike) -> dict[str, Any]:
+    """The request's ``webhook`` object; the server checks the URL and the events."""
+    if isinstance(webhook, str):
+        return {"url": webhook}
+    body = dict(webhook)
+    if "events" in body and body["events"] is not None:
+        body["events"] = list(body["events"])
+    return body
 
 
 def _workflow_dict(workflow: WorkflowLike) -> dict[str, Any]:
@@ -1047,13 +1065,22 @@ class RylaClient(_ClientBase[httpx.Client]):
         timeout_s: int | None = None,
         previews: bool = False,
         timeout: float | None = None,
+        webhook: WebhookLike | None = None,
     ) -> Job:
         """Start a job; safe to call again with the same ``job_id`` (it never runs twice).
 
         ``timeout_s`` is the job's own limit on the server; ``timeout`` this call's deadline.
+        ``webhook``: a URL (or ``{"url", "events"}``) the server POSTs the finished job to,
+        signed with the deployment's secret (check it with ``ryla_modal.webhooks.verify``).
         """
         step = self._core.submit(
-            workflow, _new_id(job_id), inputs, timeout_s, timeout, previews=previews
+            workflow,
+            _new_id(job_id),
+            inputs,
+            timeout_s,
+            timeout,
+            previews=previews,
+            webhook=webhook,
         )
         job: Job = self._perform(step)
         return job
@@ -1172,6 +1199,7 @@ class RylaClient(_ClientBase[httpx.Client]):
         write_manifest: bool = True,
         manifest_extra: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        webhook: WebhookLike | None = None,
     ) -> GenerateResult:
         """Submit, wait, download every output and write the manifest: all of it.
 
@@ -1187,6 +1215,7 @@ class RylaClient(_ClientBase[httpx.Client]):
             execution_timeout=execution_timeout,
             write_manifest=write_manifest,
             manifest_extra=manifest_extra,
+            webhook=webhook,
         )
         return self._run(flow, on_event)
 
@@ -1268,9 +1297,16 @@ class AsyncRylaClient(_ClientBase[httpx.AsyncClient]):
         timeout_s: int | None = None,
         previews: bool = False,
         timeout: float | None = None,
+        webhook: WebhookLike | None = None,
     ) -> Job:
         step = self._core.submit(
-            workflow, _new_id(job_id), inputs, timeout_s, timeout, previews=previews
+            workflow,
+            _new_id(job_id),
+            inputs,
+            timeout_s,
+            timeout,
+            previews=previews,
+            webhook=webhook,
         )
         job: Job = await self._perform(step)
         return job
@@ -1389,6 +1425,7 @@ class AsyncRylaClient(_ClientBase[httpx.AsyncClient]):
         write_manifest: bool = True,
         manifest_extra: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        webhook: WebhookLike | None = None,
     ) -> GenerateResult:
         flow = self._core.generate(
             _Run(job_id, on_event, timeout),
@@ -1400,6 +1437,7 @@ class AsyncRylaClient(_ClientBase[httpx.AsyncClient]):
             execution_timeout=execution_timeout,
             write_manifest=write_manifest,
             manifest_extra=manifest_extra,
+            webhook=webhook,
         )
         return await self._run(flow, on_event)
 

@@ -110,3 +110,15 @@ SERVE_DATA_DIR = ".ryla/serve"
 SERVE_WORKERS = 4  # jobs handed to ComfyUI at once (it runs one at a time; the rest wait there)
 SERVE_SHUTDOWN_GRACE_S = 5.0  # on exit, running jobs get this long to stop after the interrupt
 SERVE_GRACEFUL_HTTP_S = 3.0  # uvicorn waits this long for open requests (long polls) on exit
+
+# --- webhooks (gateway/webhooks.py; each has a RYLA_WEBHOOK_* variable, see WebhookSettings) -----
+WEBHOOK_ATTEMPT_TIMEOUT_S = 10.0  # one delivery attempt, connect to last byte (a total deadline)
+WEBHOOK_RETRY_INITIAL_S = 2.0  # the first retry comes within this (jittered down, never up)
+WEBHOOK_RETRY_MAX_S = 600.0  # backoff doubles per attempt up to this many seconds between tries
+WEBHOOK_RETRY_BUDGET_S = 24 * 3600.0  # after the job's final status, retries stop after this long
+WEBHOOK_POLL_S = 1.0  # the deliverer looks for due deliveries at least this often
+WEBHOOK_DICT_SCAN_S = 15.0  # on Modal, the pending deliveries in the Dict are re-read this often
+WEBHOOK_CLAIM_LEASE_S = 60.0  # on Modal, an attempt claimed this long ago may be taken over
+WEBHOOK_MAX_URL_CHARS = 2048
+WEBHOOK_SIGNATURE_TOLERANCE_S = 300  # Standard Webhooks: a timestamp older or newer is refused
+WEBHOOK_CONCURRENCY = 4  # deliveries in flight at once, per gateway process

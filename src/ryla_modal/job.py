@@ -27,6 +27,11 @@ JobPhase = Literal[
     "collecting_outputs",
     "done",
 ]
+#: The final statuses a webhook can announce.
+WebhookEvent = Literal["succeeded", "failed", "cancelled"]
+WebhookState = Literal["waiting", "pending", "delivered", "failed", "not_sent"]
+WEBHOOK_EVENTS: frozenset[str] = frozenset(get_args(WebhookEvent))
+WEBHOOK_STATES: frozenset[str] = frozenset(get_args(WebhookState))
 JOB_STATUSES: frozenset[str] = frozenset(get_args(JobStatus))
 JOB_PHASES: frozenset[str] = frozenset(get_args(JobPhase))
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -294,6 +299,35 @@ class JobError:
 
 
 @dataclass(frozen=True)
+class WebhookStatus:
+    """Where a job's webhook delivery stands (``state``), with every attempt counted."""
+
+    events: list[str]
+    state: WebhookState = "waiting"
+    attempts: int = 0
+    delivered_at: float | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    next_attempt_at: float | None = None
+    due_since: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "webhook") -> WebhookStatus:
+        r = _Reader(data, where)
+        events = r.opt_str_list("events") or []
+        return cls(
+            events=events,
+            state=r.choice("state", WEBHOOK_STATES),
+            attempts=r.integer("attempts", 0),
+            delivered_at=r.opt_number("delivered_at"),
+            last_status=r.opt_integer("last_status"),
+            last_error=r.opt_text("last_error"),
+            next_attempt_at=r.opt_number("next_attempt_at"),
+            due_since=r.opt_number("due_since"),
+        )
+
+
+@dataclass(frozen=True)
 class Job:
     """A job's state as the server last reported it."""
 
@@ -308,6 +342,8 @@ class Job:
     timings: Timings = field(default_factory=Timings)
     #: on Modal, the worker's FunctionCall id (``modal app logs APP --function-call ID``)
     call_id: str | None = None
+    #: the webhook's delivery, when the job asked for one
+    webhook: WebhookStatus | None = None
 
     @property
     def finished(self) -> bool:
@@ -328,6 +364,7 @@ class Job:
             error=r.nested("error", JobError.from_dict),
             timings=r.nested("timings", Timings.from_dict) or Timings(),
             call_id=r.opt_text("call_id"),
+            webhook=r.nested("webhook", WebhookStatus.from_dict),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -343,6 +380,8 @@ __all__ = [
     "JOB_STATUSES",
     "TERMINAL_STATUSES",
     "TIMING_PHASES",
+    "WEBHOOK_EVENTS",
+    "WEBHOOK_STATES",
     "Job",
     "JobError",
     "JobPhase",
@@ -350,4 +389,7 @@ __all__ = [
     "OutputInfo",
     "Progress",
     "Timings",
+    "WebhookEvent",
+    "WebhookState",
+    "WebhookStatus",
 ]

@@ -146,6 +146,15 @@ def generate_cmd(
     cold_start_timeout: opt.ColdStartTimeout = None,
     execution_timeout: opt.ExecutionTimeout = None,
     out: opt.Out = DEFAULT_OUT,
+    webhook: Annotated[
+        str | None,
+        typer.Option(
+            "--webhook",
+            metavar="URL",
+            help="POST each finished job to URL, signed (the server needs RYLA_WEBHOOK_SECRET).",
+            rich_help_panel=opt.OUTPUT,
+        ),
+    ] = None,
     no_wait: Annotated[
         bool,
         typer.Option(
@@ -182,7 +191,18 @@ def generate_cmd(
     renderer = make_renderer(as_json=as_json)
     try:
         with sigterm_as_interrupt(), client:
-            _run(client, plans, uploads, out, concurrency, no_wait, timeout, renderer, previews)
+            _run(
+                client,
+                plans,
+                uploads,
+                out,
+                concurrency,
+                no_wait,
+                timeout,
+                renderer,
+                previews,
+                webhook,
+            )
     except KeyboardInterrupt:
         renderer.close()
         pending = [p for p in plans if not p.finished or p.interrupted]
@@ -299,6 +319,7 @@ def _run(
     timeout: float | None,
     renderer: Renderer,
     previews: bool = False,
+    webhook: str | None = None,
 ) -> None:
     """Run the plans, ``concurrency`` at a time, on daemon threads.
 
@@ -321,6 +342,7 @@ def _run(
                         job_id=plan.job_id,
                         inputs=uploads,
                         previews=previews,
+                        webhook=webhook,
                         **deadline_kwargs(timeout),
                     )
                 else:
@@ -332,6 +354,7 @@ def _run(
                         out_dir=out,
                         on_event=lambda ev: _seen(plan, ev, renderer),
                         manifest_extra={"seeds": plan.seeds},
+                        webhook=webhook,
                         **deadline_kwargs(timeout),
                     )
             except RylaError as exc:

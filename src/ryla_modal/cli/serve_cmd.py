@@ -38,6 +38,9 @@ checkout that ryla launches and stops) or --comfyui-url (a ComfyUI that already 
 Job records and output files live in --data-dir and survive a restart; jobs that were running
 when the server stopped are marked failed with the reason.  Binding an address other than
 loopback needs a token: set RYLA_TOKEN (clients send it as `Authorization: Bearer ...`).
+
+Jobs may ask for a webhook when RYLA_WEBHOOK_SECRET holds a signing secret (whsec_...).
+Webhooks go to public addresses only, unless --allow-private-webhooks.
 """
 
 SERVE_EXAMPLES = examples(
@@ -182,6 +185,15 @@ def serve_cmd(
             rich_help_panel=_SERVER,
         ),
     ] = False,
+    allow_private_webhooks: Annotated[
+        bool,
+        typer.Option(
+            "--allow-private-webhooks",
+            help="Let webhooks reach private, loopback and link-local addresses (a local"
+            " receiver).",
+            rich_help_panel=_SERVER,
+        ),
+    ] = False,
 ) -> int:
     comfyui_arg = comfyui_arg or []
     sources = [x for x in (comfyui_dir, comfyui_url, comfyui_command) if x is not None]
@@ -242,6 +254,7 @@ def serve_cmd(
             ready_timeout=ready_timeout,
             allow_private_urls=allow_private_urls,
             on_listening=_say_listening,
+            allow_private_webhooks=allow_private_webhooks,
         )
     except _Terminated:
         return EXIT_TERMINATED

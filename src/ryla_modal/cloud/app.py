@@ -50,6 +50,10 @@ image = (
 models = modal.Volume.from_name(settings.models_volume, create_if_missing=True)
 outputs = modal.Volume.from_name(settings.outputs_volume, create_if_missing=True)
 secrets = [modal.Secret.from_name(name) for name in settings.secrets]
+#: RYLA_WEBHOOK_SECRET for signing webhooks: the gateway (retries) and the worker (first attempt)
+webhook_secrets = (
+    [modal.Secret.from_name(settings.webhook_secret)] if settings.webhook_secret else []
+)
 
 
 @app.function(
@@ -90,7 +94,7 @@ def check_workflows(workflows: dict[str, dict[str, Any]]) -> list[dict[str, Any]
     image=image,
     gpu=settings.gpu,
     volumes={paths.MODELS_DIR: models, paths.OUTPUTS_DIR: outputs},
-    secrets=secrets,
+    secrets=secrets + webhook_secrets,
     env=container_env,
     scaledown_window=settings.scaledown_window_s,
     timeout=settings.timeout_s,
@@ -138,6 +142,7 @@ class ComfyWorker:
     cpu=1.0,
     memory=1024,
     volumes={paths.MODELS_DIR: models, paths.OUTPUTS_DIR: outputs},
+    secrets=webhook_secrets,
     env=container_env,
     scaledown_window=settings.scaledown_window_s,
     timeout=settings.gateway_timeout_s,

@@ -124,11 +124,14 @@ def create_modal_gateway(
     ``spawn``/``lookup_call``/``call_waiter`` default to the deployed ``worker_class`` and
     Modal's FunctionCalls (tests pass their own).  Long polls wake on the worker's writes (its
     signal Queue, its FunctionCall ending) and re-read the Dict every ``poll_s`` besides.
+    Webhooks (``RYLA_WEBHOOK_SECRET`` from the deployment's webhook Secret): the worker makes
+    the first attempt; this container's deliverer retries what stays pending while it runs.
     """
     import modal
 
     from ryla_modal.gateway.app import create_app
     from ryla_modal.gateway.object_info import FileObjectInfo
+    from ryla_modal.gateway.webhooks import Deliverer, WebhookSettings
 
     jobs = modal.Dict.from_name(settings.jobs_dict, create_if_missing=True)
     events = modal.Queue.from_name(settings.jobs_queue, create_if_missing=True)
@@ -145,9 +148,12 @@ def create_modal_gateway(
         spawn=spawn or modal_spawner(settings.app_name, worker_class),
         lookup_call=lookup_call,
     )
+    webhooks = WebhookSettings.from_env()
+    Deliverer(store, webhooks).start()  # for the container's life (a daemon thread)
     return create_app(
         executor,
         store,
+        webhooks=webhooks,
         object_info=FileObjectInfo(object_info_path or Path(paths.OBJECT_INFO_PATH)),
         extra_models=VolumeModelFiles(Path(paths.MODELS_DIR), reload=models_volume.reload),
         # Modal's proxy auth guards this gateway, and its Host is the *.modal.run name.

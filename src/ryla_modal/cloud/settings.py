@@ -72,6 +72,7 @@ IMAGE_PACKAGES: tuple[str, ...] = (
     "rich>=13",
     "typer>=0.29,<0.30",
     "tomli-w>=1.0,<2",
+    "standardwebhooks>=1.1,<2",
     "huggingface_hub>=0.24",
 )
 
@@ -106,6 +107,8 @@ class AppSettings:
     outputs_volume: str = defaults.MODAL_OUTPUTS_VOLUME
     jobs_dict: str = defaults.MODAL_JOBS_DICT
     secrets: tuple[str, ...] = ()
+    #: a Modal Secret holding RYLA_WEBHOOK_SECRET, for the gateway and the worker (webhooks)
+    webhook_secret: str | None = None
     scaledown_window_s: int = defaults.MODAL_SCALEDOWN_WINDOW_S
     max_inputs: int = defaults.MODAL_WORKER_MAX_INPUTS
     gateway_max_inputs: int = defaults.MODAL_GATEWAY_MAX_INPUTS
@@ -211,6 +214,7 @@ ENV_NAMES: dict[str, str] = {
     "outputs_volume": "RYLA_OUTPUTS_VOLUME",
     "jobs_dict": "RYLA_JOBS_DICT",
     "secrets": "RYLA_SECRETS",
+    "webhook_secret": "RYLA_WEBHOOK_SECRET_NAME",
     "scaledown_window_s": "RYLA_SCALEDOWN_WINDOW",
     "max_inputs": "RYLA_MAX_INPUTS",
     "gateway_max_inputs": "RYLA_GATEWAY_MAX_INPUTS",
@@ -350,6 +354,7 @@ _PARSERS: dict[str, Any] = {
     "outputs_volume": parse_name,
     "jobs_dict": parse_name,
     "secrets": parse_names,
+    "webhook_secret": parse_name,
     "scaledown_window_s": _int_in(*_SCALEDOWN_RANGE, " s"),
     "max_inputs": _int_in(1, 1000),
     "gateway_max_inputs": _int_in(1, 1000),
@@ -377,6 +382,7 @@ TOML_KEYS: dict[str, str] = {
     "custom_nodes": "custom_nodes",
     "models": "models",
     "secrets": "secrets",
+    "webhook_secret": "webhook_secret",
     "models_volume": "models_volume",
     "outputs_volume": "outputs_volume",
     "jobs_dict": "jobs_dict",

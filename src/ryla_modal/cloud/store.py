@@ -13,6 +13,10 @@ transactions, only an atomic ``put(key, value, skip_if_exists=True)``:
 - ``index:<n>``  slot ``n`` of the job list (``{job_id, created_at}``), claimed at create with
   ``put(..., skip_if_exists=True)``; ``index:next`` is a hint of the first free slot.
 
+- ``webhook:<id>`` a pending webhook delivery (``{"next_at"}``), put *before* ``final:`` so a
+  crash between the two cannot lose it; the deliverer drops it once delivered or given up;
+- ``webhook-claim:<id>`` which process makes the next attempt (``{attempt, at, by}``).
+
 A read merges them.
 
 The job list (``page``, GET /jobs) reads the index newest slot first, so a page costs about
@@ -55,6 +59,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -66,8 +71,15 @@ from ryla_modal.gateway.schemas import (
     JOB_ID_PATTERN,
     TERMINAL_STATUSES,
     JobRecord,
+    WebhookStatus,
 )
-from ryla_modal.gateway.store import JobStore, apply_update, decode_cursor, encode_cursor
+from ryla_modal.gateway.store import (
+    JobStore,
+    apply_update,
+    decode_cursor,
+    encode_cursor,
+    webhook_became_due,
+)
 
 log = logging.getLogger("ryla_modal.gateway")
 
@@ -214,6 +226,8 @@ class DictJobStore(JobStore):
         self._call_waiter = call_waiter
         self.poll_s = poll_s
         self._calls_ended: dict[str, None] = {}  # FunctionCalls seen ended (insertion-ordered)
+        self._outbox: tuple[float, dict[str, float]] | None = None  # (read at, job -> next_at)
+        self._outbox_lock = threading.Lock()
 
     # --- records ---------------------------------------------------------------------------
 
@@ -260,6 +274,8 @@ class DictJobStore(JobStore):
             self._commit()  # readers must find the files once the record says succeeded
             self._uncommitted = False
         key = f"final:{new.job_id}"
+        if webhook_became_due(current, new):
+            self._put_outbox(new)  # first: a crash after it repeats a delivery, never loses one
         if force:
             self._d[key] = _dump(new)
         elif not self._d.put(key, _dump(new), skip_if_exists=True):
@@ -351,6 +367,63 @@ class DictJobStore(JobStore):
         except Exception as exc:
             log.debug("long poll: %s wait failed: %s", what, exc)
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+
+    # --- the webhook outbox ------------------------------------------------------------------
+
+    def _put_outbox(self, record: JobRecord) -> None:
+        hook = record.webhook
+        next_at = hook.next_attempt_at if hook and hook.next_attempt_at else record.updated_at
+        self._d[f"webhook:{record.job_id}"] = {"next_at": next_at}
+        with self._outbox_lock:
+            if self._outbox is not None:
+                self._outbox[1][record.job_id] = next_at
+
+    def due_webhooks(self, now: float, limit: int) -> builtins.list[str]:
+        """Due deliveries from a scan of the Dict, re-read at most every ``WEBHOOK_DICT_SCAN_S``
+        (a full scan is costly; deliveries this process queues or retries update it at once)."""
+        with self._outbox_lock:
+            cached = self._outbox
+            if cached is None or time.monotonic() - cached[0] >= defaults.WEBHOOK_DICT_SCAN_S:
+                found: dict[str, float] = {}
+                for key, value in self._d.items():
+                    if isinstance(key, str) and key.startswith("webhook:"):
+                        at = value.get("next_at") if isinstance(value, dict) else None
+                        found[key.split(":", 1)[1]] = (
+                            float(at) if isinstance(at, int | float) else 0
+                        )
+                cached = self._outbox = (time.monotonic(), found)
+            due = sorted((at, job_id) for job_id, at in cached[1].items() if at <= now)
+        return [job_id for _, job_id in due[:limit]]
+
+    def save_webhook(self, job_id: str, state: WebhookStatus) -> JobRecord | None:
+        record = self.update(job_id, force=True, webhook=state) if self.get(job_id) else None
+        if record is not None and state.state == "pending":
+            self._put_outbox(record)
+            return record
+        self._d.pop(f"webhook:{job_id}", None)
+        self._d.pop(f"webhook-claim:{job_id}", None)
+        with self._outbox_lock:
+            if self._outbox is not None:
+                self._outbox[1].pop(job_id, None)
+        return record
+
+    def claim_webhook(self, job_id: str, attempt: int) -> bool:
+        """One claim key per job; a claim older than the lease (its process died mid-attempt)
+        or for an earlier attempt is taken over.  Two processes taking over at once may both
+        send: receivers drop the repeat by its ``webhook-id``."""
+        key = f"webhook-claim:{job_id}"
+        token = uuid.uuid4().hex
+        mine = {"attempt": attempt, "at": self._clock(), "by": token}
+        if self._d.put(key, mine, skip_if_exists=True):
+            return True
+        held = self._d.get(key)
+        if isinstance(held, dict):
+            fresh = self._clock() - float(held.get("at") or 0) < defaults.WEBHOOK_CLAIM_LEASE_S
+            if int(held.get("attempt") or 0) >= attempt and fresh:
+                return False
+        self._d[key] = mine
+        held = self._d.get(key)
+        return isinstance(held, dict) and held.get("by") == token
 
     def cancel_requested(self, job_id: str) -> bool:
         """One read: the worker polls this while it runs a job."""

@@ -48,9 +48,10 @@ from ryla_modal.cloud.snapshot_node import DEFER_GPU_ENV, GPU_ROUTE
 from ryla_modal.cloud.store import DictJobStore, JobSignals
 from ryla_modal.comfy.process import ComfyProcess, check_ready
 from ryla_modal.comfy.runner import ComfyRunner, InputFile, InputURL, JobInput
-from ryla_modal.errors import ComfyUIUnavailable, WorkflowFormatError
+from ryla_modal.errors import ComfyUIUnavailable, ConfigError, WorkflowFormatError
 from ryla_modal.gateway.lifecycle import JobLifecycle, JobSpec, StartupInfo
-from ryla_modal.gateway.schemas import TERMINAL_STATUSES
+from ryla_modal.gateway.schemas import TERMINAL_STATUSES, JobRecord
+from ryla_modal.gateway.webhooks import Deliverer, WebhookSettings
 
 log = logging.getLogger("ryla_modal.worker")
 
@@ -92,15 +93,19 @@ class ModalWorker:
         comfy_output_dir: Path | None = None,
         snapshot: str = "off",
         environ: Mapping[str, str] | None = None,
+        webhooks: WebhookSettings | None = None,
     ) -> None:
         """``comfy_output_dir``: ComfyUI's output folder, when this worker chose it; each job's
         files are then deleted from it once stored, so a warm container's disk does not fill.
         ``snapshot``: the deployment's memory snapshot mode; with ``"cpu"`` the ``process`` must
         start ComfyUI with ``RYLA_COMFYUI_DEFER_GPU=1`` (``from_env`` does).  ``environ``: where
-        ``MODAL_TASK_ID`` is read (``os.environ``; tests pass their own)."""
+        ``MODAL_TASK_ID`` is read (``os.environ``; tests pass their own).  ``webhooks``: the
+        first delivery attempt of a finished job's webhook is made here, right after the job
+        (the gateway may be scaled to zero); the gateway's deliverer retries what stays pending."""
         if snapshot not in ("off", "cpu", "gpu"):
             raise ValueError(f"snapshot must be 'off', 'cpu' or 'gpu', not {snapshot!r}")
         self.store = store
+        self.webhooks = webhooks
         self.snapshot = snapshot
         self._environ = os.environ if environ is None else environ
         self.comfy_output_dir = comfy_output_dir
@@ -170,6 +175,7 @@ class ModalWorker:
             comfy_output_dir=comfy_output,
             snapshot=settings.snapshot,
             environ=env,
+            webhooks=_webhook_settings(env),
         )
 
     # --- life cycle (@modal.enter / @modal.exit) --------------------------------------------
@@ -335,7 +341,31 @@ class ModalWorker:
                     startup=self.startup,
                 )
         final = self.store.get(job_id) or record
+        self._deliver_webhook(final)
         return final.public().model_dump(mode="json")
+
+    def _deliver_webhook(self, record: JobRecord) -> None:
+        """The first attempt, on a thread: the next job need not wait up to 10 s for it."""
+        hook = record.webhook
+        if self.webhooks is None or hook is None or hook.state != "pending":
+            return
+        deliverer = Deliverer(self.store, self.webhooks)
+        threading.Thread(
+            target=deliverer.deliver,
+            args=(record.job_id,),
+            name=f"ryla-webhook-{record.job_id[:8]}",
+            daemon=True,
+        ).start()
+
+
+def _webhook_settings(env: Mapping[str, str]) -> WebhookSettings | None:
+    """The container's webhook settings; a malformed secret disables them (logged), it must
+    not fail every job the container runs."""
+    try:
+        return WebhookSettings.from_env(env)
+    except ConfigError as exc:
+        log.error("webhooks are off in this container: %s", exc)
+        return None
 
 
 def _inputs(payload: Mapping[str, Any]) -> list[JobInput]:

@@ -64,6 +64,7 @@ from ryla_modal.gateway.schemas import (
     workflow_identity,
 )
 from ryla_modal.gateway.store import JobStore
+from ryla_modal.gateway.webhooks import WebhookSettings, check_webhook_url, waiting_state
 from ryla_modal.job import JOB_STATUSES
 from ryla_modal.netsafety import UnsafeURL, check_url, redact_url
 from ryla_modal.outputs import safe_basename
@@ -448,6 +449,7 @@ def create_app(
     extra_models: Mapping[str, Sequence[str]] | None = None,
     limits: Limits | None = None,
     check_host: bool = True,
+    webhooks: WebhookSettings | None = None,
 ) -> FastAPI:
     """The job API over ``executor`` and ``store``.
 
@@ -456,13 +458,15 @@ def create_app(
     whose ``Host`` names neither loopback nor this server gets 421 (DNS rebinding); turn it off
     only behind a proxy that authenticates and rewrites nothing (Modal's ``requires_proxy_auth``).
     ``object_info`` set: workflows are checked against it before they run (skipped while it is
-    unavailable).
+    unavailable).  ``webhooks``: jobs may ask for a webhook only when it carries a signing
+    secret (else 422); its address rules apply to the URL at submit.  Delivery is the
+    ``gateway.webhooks.Deliverer``'s job, started by whoever composes the server.
     """
     if token and not token.strip():
         raise ConfigError("the gateway token is blank (only whitespace)")
     token = token.strip() if token else None
     lim = limits or Limits()
-    api = _Api(executor, store, object_info, extra_models, lim)
+    api = _Api(executor, store, object_info, extra_models, lim, webhooks)
     app = FastAPI(
         title="ryla job API",
         version=__version__,
@@ -490,8 +494,8 @@ def create_app(
             **_BODY,
         },
     )
-    async def submit(body: JobRequest, response: Response) -> Job:
-        record, created = await run_in_threadpool(api.accept, body)
+    async def submit(body: JobRequest, request: Request, response: Response) -> Job:
+        record, created = await run_in_threadpool(api.accept, body, str(request.base_url))
         response.status_code = 202 if created else 200
         return record.public()
 
@@ -548,8 +552,8 @@ def create_app(
             **_BODY,
         },
     )
-    async def generate(body: JobRequest, response: Response) -> Job:
-        record, _ = await run_in_threadpool(api.accept, body)
+    async def generate(body: JobRequest, request: Request, response: Response) -> Job:
+        record, _ = await run_in_threadpool(api.accept, body, str(request.base_url))
         if record.status not in TERMINAL_STATUSES:
             record = await api.wait_finished(record, lim.generate_wait_s)
         if record.status not in TERMINAL_STATUSES:
@@ -687,20 +691,26 @@ class _Api:
         object_info: ObjectInfoSource | None,
         extra_models: Mapping[str, Sequence[str]] | None,
         limits: Limits,
+        webhooks: WebhookSettings | None,
     ) -> None:
         self.executor = executor
         self.store = store
         self.object_info = object_info
         self.extra_models = extra_models
         self.limits = limits
+        self.webhooks = webhooks
 
     # --- submit ---------------------------------------------------------------------------
 
-    def accept(self, body: JobRequest) -> tuple[JobRecord, bool]:
+    def accept(self, body: JobRequest, base_url: str = "") -> tuple[JobRecord, bool]:
         lim = self.limits
         workflow = body.workflow
         self.check_structure(workflow)
         files, metas = self._inputs(body)
+        if body.webhook is not None:
+            refused = check_webhook_url(body.webhook.url, self.webhooks)
+            if refused is not None:
+                raise ApiError(422, "invalid_webhook", refused)
         job_id = body.job_id or str(uuid.uuid4())
         identity = workflow_identity(workflow, metas)
 
@@ -727,6 +737,11 @@ class _Api:
             timeout_s=body.timeout_s,
             previews=body.previews,
         )
+        if body.webhook is not None:
+            public = self.webhooks.public_url if self.webhooks is not None else None
+            record.webhook = waiting_state(body.webhook.events)
+            record.webhook_url = body.webhook.url
+            record.webhook_base_url = (public or base_url).rstrip("/") or None
         stored, created = self.store.create_if_absent(record)
         if not created:
             return self._same_or_conflict(stored, identity), False

@@ -4,8 +4,9 @@ The Modal gateway is composed in ``cloud/gateway.py``; this is its local twin, s
 parses options and prints.  ``serve_local`` opens the SQLite store (which locks its data folder),
 binds the listening socket first (a taken port fails before ComfyUI spends seconds starting),
 launches ComfyUI through ``ComfyProcess`` or probes the one given by URL, settles jobs a previous
-run left behind, and serves until uvicorn stops (Ctrl-C) or the caller's signal handler raises;
-on the way out it interrupts running jobs and stops ComfyUI.
+run left behind, starts the webhook deliverer (which picks up deliveries a previous run left
+pending), and serves until uvicorn stops (Ctrl-C) or the caller's signal handler raises; on the
+way out it interrupts running jobs and stops ComfyUI.
 
     serve_local(ComfySource(url="http://127.0.0.1:8188"), data_dir=Path(".ryla/serve"))
 """
@@ -13,6 +14,7 @@ on the way out it interrupts running jobs and stops ComfyUI.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import socket
@@ -25,6 +27,7 @@ from ryla_modal import defaults
 from ryla_modal.comfy.process import ComfyProcess, check_ready
 from ryla_modal.config import is_loopback, serve_token
 from ryla_modal.errors import ComfyUIUnavailable, ConfigError
+from ryla_modal.gateway.webhooks import Deliverer, WebhookSettings
 
 log = logging.getLogger("ryla_modal.serve")
 
@@ -95,12 +98,17 @@ def serve_local(
     ready_timeout: float = defaults.COMFY_READY_TIMEOUT_S,
     allow_private_urls: bool = False,
     on_listening: Callable[[Listening], None] | None = None,
+    allow_private_webhooks: bool = False,
+    webhooks: WebhookSettings | None = None,
 ) -> None:
     """Serve the job API until uvicorn stops; always stops ComfyUI and closes the store.
 
     Refuses (ConfigError, from ``config.serve_token``) a blank token, and to listen beyond
     loopback without a token.  ``allow_private_urls``: inputs by URL may name private and
     loopback addresses (local use, tests).
+    loopback without a token.  ``webhooks`` defaults to ``WebhookSettings.from_env()``
+    (``RYLA_WEBHOOK_SECRET``); ``allow_private_webhooks`` lets webhooks reach private and
+    loopback addresses (a receiver on this machine or the local network).
     """
     import uvicorn
 
@@ -111,9 +119,14 @@ def serve_local(
     from ryla_modal.gateway.store import SQLiteJobStore
 
     token = serve_token(token, host)
+    if webhooks is None:
+        webhooks = WebhookSettings.from_env(allow_private=allow_private_webhooks)
+    elif allow_private_webhooks:
+        webhooks = dataclasses.replace(webhooks, allow_private=True)
     store = SQLiteJobStore(data_dir)
     process: ComfyProcess | None = None
     executor: LocalExecutor | None = None
+    deliverer: Deliverer | None = None
     sock: socket.socket | None = None
     started = False  # "stopping"/"stopped" only once something was started
     try:
@@ -147,12 +160,17 @@ def serve_local(
             fetch_rules=FetchRules(allow_private=allow_private_urls),
         )
         executor.recover()
+        # Started even without a secret: deliveries a previous run queued are recorded as
+        # failed attempts (and retried) rather than left silently pending.
+        deliverer = Deliverer(store, webhooks)
+        deliverer.start()
         app = create_app(
             executor,
             store,
             token=token,
             object_info=ComfyObjectInfo(base_url),
             limits=Limits(allow_private_urls=allow_private_urls),
+            webhooks=webhooks,
         )
         config = uvicorn.Config(
             app,
@@ -174,6 +192,8 @@ def serve_local(
             log.info("stopping")
         if executor is not None:
             executor.close()
+        if deliverer is not None:
+            deliverer.close()
         if process is not None:
             process.stop()
         if sock is not None:

@@ -17,7 +17,15 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ryla_modal import defaults
-from ryla_modal.job import ACTIVE_STATUSES, TERMINAL_STATUSES, JobPhase, JobStatus
+from ryla_modal.job import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    WEBHOOK_EVENTS,
+    JobPhase,
+    JobStatus,
+    WebhookEvent,
+    WebhookState,
+)
 
 JOB_ID_PATTERN = defaults.JOB_ID_PATTERN  # the client checks ids against the same charset
 #: An input file is uploaded into ComfyUI's input folder under this name: a plain file name.
@@ -170,6 +178,36 @@ class InputSpec(BaseModel):
         return self
 
 
+_ALL_EVENTS: tuple[WebhookEvent, ...] = ("cancelled", "failed", "succeeded")
+assert set(_ALL_EVENTS) == WEBHOOK_EVENTS
+
+
+class WebhookRequest(BaseModel):
+    """Where to announce a job's final status (signed per Standard Webhooks, retried)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        min_length=1,
+        max_length=defaults.WEBHOOK_MAX_URL_CHARS,
+        description="http(s) URL the server POSTs the finished job to; it must resolve to a"
+        " public address unless the server allows private ones",
+        # documented, not enforced here: the server's own check says what is wrong (422)
+        json_schema_extra={"pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+([/?#]\S*)?$"},
+    )
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(_ALL_EVENTS),
+        min_length=1,
+        max_length=len(WEBHOOK_EVENTS),
+        description="final statuses to announce (default: all of them)",
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _unique(cls, events: list[WebhookEvent]) -> list[WebhookEvent]:
+        return sorted(set(events))
+
+
 class JobRequest(BaseModel):
     """Body of POST /jobs and POST /generate."""
 
@@ -195,6 +233,10 @@ class JobRequest(BaseModel):
     previews: bool = Field(
         default=False,
         description='also keep "temp" files (PreviewImage, PreviewAudio) as outputs',
+    )
+    webhook: WebhookRequest | None = Field(
+        default=None,
+        description="POST the finished job to this URL (needs the server's signing secret)",
     )
 
     _links = field_validator("workflow")(_integral_link_indices)
@@ -319,6 +361,27 @@ class Timings(_Model):
     )
 
 
+class WebhookStatus(_Model):
+    """Where the job's webhook delivery stands; every attempt is counted here."""
+
+    events: list[WebhookEvent] = Field(description="the final statuses announced")
+    state: WebhookState = Field(
+        default="waiting",
+        description="waiting (job not final), pending (being delivered or retried), delivered,"
+        " failed (retries ran out), not_sent (the final status is not among the events)",
+    )
+    attempts: int = 0
+    delivered_at: float | None = None
+    last_status: int | None = Field(
+        default=None, description="HTTP status of the last attempt (null: no answer)"
+    )
+    last_error: str | None = None
+    next_attempt_at: float | None = None
+    due_since: float | None = Field(
+        default=None, description="when the job became final; the retry budget counts from it"
+    )
+
+
 class Job(_Model):
     job_id: str
     status: JobStatus
@@ -335,6 +398,9 @@ class Job(_Model):
         validation_alias=AliasChoices("call_id", "function_call_id"),
         description="on Modal, the worker's FunctionCall id: `modal app logs APP"
         " --function-call ID` shows this job's log lines",
+    )
+    webhook: WebhookStatus | None = Field(
+        default=None, description="the webhook's delivery, when the job asked for one"
     )
 
     @property
@@ -360,6 +426,10 @@ class JobRecord(Job):
     timeout_s: int | None = None
     previews: bool = False
     cancel_requested: bool = False
+    #: the webhook's URL (kept off the public Job: its query may hold the receiver's secret)
+    webhook_url: str | None = None
+    #: the gateway's URL as the submitter reached it: download links in the webhook start here
+    webhook_base_url: str | None = None
     revision: int = 0  # bumped by every store update; long polls wait for it to move
 
     def public(self) -> Job:
@@ -458,5 +528,7 @@ __all__ = [
     "Timings",
     "ValidateRequest",
     "ValidationReport",
+    "WebhookRequest",
+    "WebhookStatus",
     "workflow_identity",
 ]

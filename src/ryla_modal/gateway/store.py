@@ -3,9 +3,14 @@
 ``MemoryJobStore`` for tests, ``SQLiteJobStore`` for ``ryla serve`` (records and outputs survive
 a restart), and on Modal a ``modal.Dict`` store implementing the same ``JobStore`` methods.
 
-The idempotency of POST /jobs rests on ``create_if_absent`` being atomic.  A record that reached
-a final status (succeeded, failed, cancelled) is never changed again unless ``force=True``, so a
-worker finishing late cannot overwrite a cancel, and the other way round.  Every update bumps
+The idempotency of POST /jobs rests on ``create_if_absent`` being atomic.  A job that asked for a
+webhook gets its delivery queued by the same write that makes it final (``apply_update`` marks
+it ``pending``; the store keeps it in an outbox the deliverer reads, ``due_webhooks``), so a
+delivery is never lost between "the job finished" and "someone will announce it".
+
+A record that reached a final status (succeeded, failed, cancelled) is never changed again
+unless ``force=True``, so a worker finishing late cannot overwrite a cancel, and the other way
+round.  Every update bumps
 ``revision``; long polls wait for it to move with ``wait_for_change``.
 
     store = SQLiteJobStore(Path(".ryla/serve"))
@@ -28,18 +33,22 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from ryla_modal import defaults
 from ryla_modal._atomic import write_atomic
 from ryla_modal.errors import ConfigError
-from ryla_modal.gateway.schemas import TERMINAL_STATUSES, JobRecord
+from ryla_modal.gateway.schemas import TERMINAL_STATUSES, JobRecord, WebhookStatus
 
 
 class JobStore(abc.ABC):
     """The interface every store implements; all methods are thread-safe."""
+
+    #: called (from the writing thread) when a webhook delivery becomes due; the deliverer
+    #: sets it to wake up at once instead of at its next poll
+    on_webhook_due: Callable[[], None] | None = None
 
     @abc.abstractmethod
     def create_if_absent(self, record: JobRecord) -> tuple[JobRecord, bool]:
@@ -78,6 +87,34 @@ class JobStore(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files and connections."""
+
+    # --- the webhook outbox (gateway/webhooks.py reads it) ---------------------------------
+
+    def due_webhooks(self, now: float, limit: int) -> builtins.list[str]:
+        """Job ids whose webhook delivery is pending and due at ``now``, soonest first."""
+        return []
+
+    def save_webhook(self, job_id: str, state: WebhookStatus) -> JobRecord | None:
+        """Record a delivery attempt on a final job; the outbox follows ``state``.
+
+        ``state.next_attempt_at`` is when the deliverer tries next while ``state.state`` is
+        ``pending``; any other state takes the job out of the outbox.
+        """
+        return self.update(job_id, force=True, webhook=state)
+
+    def claim_webhook(self, job_id: str, attempt: int) -> bool:
+        """True for the one process that may make attempt ``attempt`` (1-based) of a delivery.
+
+        In-process stores have one deliverer, which never runs a job twice at once; the Dict
+        store, shared by worker and gateway containers, claims with ``skip_if_exists``.
+        """
+        return True
+
+    def _webhook_due(self) -> None:
+        hook = self.on_webhook_due
+        if hook is not None:
+            with contextlib.suppress(Exception):
+                hook()
 
     async def wait_for_change(self, job_id: str, revision: int, wait_s: float) -> None:
         """Return once the job's revision may differ from ``revision``, or after ``wait_s`` seconds.
@@ -145,7 +182,37 @@ def apply_update(
     merged = {**record.model_dump(), **fields}
     merged["revision"] = record.revision + 1
     merged["updated_at"] = max(time.time() if now is None else now, record.updated_at)
-    return JobRecord.model_validate(merged)
+    new = JobRecord.model_validate(merged)
+    hook = new.webhook
+    if (
+        hook is not None
+        and hook.state == "waiting"
+        and record.status not in TERMINAL_STATUSES
+        and new.status in TERMINAL_STATUSES
+    ):
+        # The one place a job becomes final: its webhook is due from this very write.
+        due = new.status in hook.events
+        state = hook.model_copy(
+            update={
+                "state": "pending" if due else "not_sent",
+                "due_since": new.updated_at,
+                "next_attempt_at": new.updated_at if due else None,
+            }
+        )
+        new = new.model_copy(update={"webhook": state})
+    return new
+
+
+def webhook_became_due(before: JobRecord | None, after: JobRecord | None) -> bool:
+    """True when the write from ``before`` to ``after`` queued a webhook delivery."""
+    return (
+        before is not None
+        and after is not None
+        and before.status not in TERMINAL_STATUSES
+        and after.status in TERMINAL_STATUSES
+        and after.webhook is not None
+        and after.webhook.state == "pending"
+    )
 
 
 def _page_of(newest_first: list[JobRecord], limit: int) -> tuple[list[JobRecord], str | None]:
@@ -192,6 +259,12 @@ class _Notifier:
                         del self._waiters[job_id]
 
 
+def _next_at(record: JobRecord) -> float:
+    hook = record.webhook
+    at = hook.next_attempt_at if hook is not None else None
+    return record.updated_at if at is None else at
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -204,6 +277,7 @@ class MemoryJobStore(JobStore):
         self._lock = threading.Lock()
         self._records: dict[str, JobRecord] = {}
         self._outputs: dict[tuple[str, int], bytes] = {}
+        self._outbox: dict[str, float] = {}  # job id -> next attempt
         self._notifier = _Notifier()
 
     def create_if_absent(self, record: JobRecord) -> tuple[JobRecord, bool]:
@@ -228,6 +302,32 @@ class MemoryJobStore(JobStore):
             if new is None:
                 return record
             self._records[job_id] = new
+            due = webhook_became_due(record, new)
+            if due:
+                self._outbox[job_id] = _next_at(new)
+        self._notifier.notify(job_id)
+        if due:
+            self._webhook_due()
+        return new
+
+    def due_webhooks(self, now: float, limit: int) -> builtins.list[str]:
+        with self._lock:
+            due = sorted((at, job_id) for job_id, at in self._outbox.items() if at <= now)
+        return [job_id for _, job_id in due[:limit]]
+
+    def save_webhook(self, job_id: str, state: WebhookStatus) -> JobRecord | None:
+        with self._lock:
+            record = self._records.get(job_id)
+            if record is None:
+                self._outbox.pop(job_id, None)
+                return None
+            new = apply_update(record, {"webhook": state}, force=True)
+            assert new is not None
+            self._records[job_id] = new
+            if state.state == "pending":
+                self._outbox[job_id] = _next_at(new)
+            else:
+                self._outbox.pop(job_id, None)
         self._notifier.notify(job_id)
         return new
 
@@ -283,12 +383,20 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, job_id);
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at, job_id);
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    job_id TEXT PRIMARY KEY,
+    next_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_next ON webhook_outbox (next_at);
 """
 _SCHEMA_VERSION = 1
 
 
 class SQLiteJobStore(JobStore):
     """Records in ``data_dir/jobs.sqlite3`` (WAL), outputs as files in ``data_dir/outputs/``.
+
+    Pending webhook deliveries sit in the ``webhook_outbox`` table, written in the transaction
+    that makes the job final, so a restarted server finds and delivers them.
 
     One process owns a data folder at a time (an exclusive lock on ``data_dir/store.lock``), so
     a second ``ryla serve`` cannot mark the first one's running jobs as failed.
@@ -386,8 +494,11 @@ class SQLiteJobStore(JobStore):
             try:
                 record = self._read(job_id)
                 new = None if record is None else apply_update(record, fields, force=force)
+                due = webhook_became_due(record, new)
                 if new is not None:
                     self._write(new, insert=False)
+                    if due:
+                        self._put_outbox(new)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -395,6 +506,44 @@ class SQLiteJobStore(JobStore):
         if new is None:
             return record
         self._notifier.notify(job_id)
+        if due:
+            self._webhook_due()
+        return new
+
+    def _put_outbox(self, record: JobRecord) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO webhook_outbox (job_id, next_at) VALUES (?, ?)",
+            (record.job_id, _next_at(record)),
+        )
+
+    def due_webhooks(self, now: float, limit: int) -> builtins.list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id FROM webhook_outbox WHERE next_at <= ? ORDER BY next_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def save_webhook(self, job_id: str, state: WebhookStatus) -> JobRecord | None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                record = self._read(job_id)
+                new = None
+                if record is not None:
+                    new = apply_update(record, {"webhook": state}, force=True)
+                    assert new is not None
+                    self._write(new, insert=False)
+                if new is not None and state.state == "pending":
+                    self._put_outbox(new)
+                else:
+                    self._db.execute("DELETE FROM webhook_outbox WHERE job_id = ?", (job_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if new is not None:
+            self._notifier.notify(job_id)
         return new
 
     def list(self, status: str | Iterable[str] | None = None) -> list[JobRecord]:
@@ -463,4 +612,5 @@ __all__ = [
     "apply_update",
     "decode_cursor",
     "encode_cursor",
+    "webhook_became_due",
 ]
