@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import settings
 
@@ -56,6 +57,7 @@ class ComfyServer:
     input_dir: Path
     temp_dir: Path
     stopped: bool = field(default=False)
+    probes: int = field(default=0)  # counting prompts sent to a real ComfyUI (prompts_received)
 
     @property
     def base_url(self) -> str:
@@ -64,6 +66,29 @@ class ComfyServer:
     @property
     def is_stub(self) -> bool:
         return self.backend == "stub"
+
+    def prompts_received(self) -> int:
+        """How many parsable ``POST /prompt`` bodies reached this ComfyUI so far.
+
+        The stand-in counts them in ``/_fake/stats``.  Real ComfyUI counts them too, in the
+        ``number`` it gives every parsable submission (rejected ones included; transcript 10):
+        a tiny probe prompt reads that counter, and the probes sent so far are taken off.
+        """
+        if self.is_stub:
+            resp = httpx.get(f"{self.base_url}/_fake/stats", timeout=10, trust_env=False)
+            resp.raise_for_status()
+            return int(resp.json()["prompts_received"])
+        probe = {
+            "1": {"class_type": "PrimitiveString", "inputs": {"value": "ryla-probe"}},
+            "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+        }
+        resp = httpx.post(
+            f"{self.base_url}/prompt", json={"prompt": probe}, timeout=10, trust_env=False
+        )
+        resp.raise_for_status()
+        received = int(resp.json()["number"]) - self.probes
+        self.probes += 1
+        return received
 
     def stop(self) -> None:
         if not self.stopped:

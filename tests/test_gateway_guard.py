@@ -47,7 +47,7 @@ def test_foreign_host_without_a_token_is_421_and_runs_nothing(open_gw: Gateway, 
     port = _port(open_gw)
     header = host.format(port=port, other=port + 1 if port < 65535 else port - 1)
     client = open_gw.client(token=False)
-    before = open_gw.stats()["prompts_received"]
+    before = open_gw.comfy.prompts_received()
     body = {"workflow": simple_workflow(unique("rebind"))}
     for method, path in [("POST", "/jobs"), ("GET", "/health"), ("GET", "/openapi.json")]:
         resp = client.request(
@@ -58,7 +58,7 @@ def test_foreign_host_without_a_token_is_421_and_runs_nothing(open_gw: Gateway, 
         assert error["type"] == "misdirected_request"
         assert header in error["message"]
     assert open_gw.store.list() == []
-    assert open_gw.stats()["prompts_received"] == before
+    assert open_gw.comfy.prompts_received() == before
 
 
 @pytest.mark.parametrize(

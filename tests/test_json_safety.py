@@ -53,10 +53,10 @@ def test_non_finite_widget_value_is_422_and_never_reaches_comfyui(
     gw: Gateway, literal: str
 ) -> None:
     client = gw.client()
-    before = gw.stats()["prompts_received"]
+    before = gw.comfy.prompts_received()
     for path in ("/jobs", "/generate", "/validate"):
         _assert_names_sigma(client.post(path, content=_with_sigma(literal), headers=JSON))
-    assert gw.stats()["prompts_received"] == before
+    assert gw.comfy.prompts_received() == before
     assert gw.store.list() == [], "no job record for a refused workflow"
 
 

@@ -25,7 +25,7 @@ from ryla_modal.errors import InputFetchError, OutputIntegrityError
 from ryla_modal.fetch import FetchRules
 from tests._file_server import file_server
 from tests.conftest import ComfyServer, random_color, unique
-from tests.test_comfy_runner import NoSocketProxy, fake_stats, png_bytes, set_fault
+from tests.test_comfy_runner import NoSocketProxy, png_bytes, set_fault
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LOCAL_URLS = FetchRules(allow_private=True, timeout_s=20.0)
@@ -360,7 +360,7 @@ def test_bad_url_inputs_fail_before_anything_is_submitted(
             url = srv.url(f"/redirect/{name}")
         elif case == "missing":
             url = srv.url("/files/nothing-here.png")
-        before = fake_stats(comfy)["prompts_received"] if comfy.is_stub else None
+        before = comfy.prompts_received()
         with (
             runner_for(comfy, fetch_rules=rules) as runner,
             pytest.raises(InputFetchError) as info,
@@ -372,5 +372,4 @@ def test_bad_url_inputs_fail_before_anything_is_submitted(
                 timeout_s=60,
             )
     assert info.value.reason == reason and info.value.name == name
-    if before is not None:
-        assert fake_stats(comfy)["prompts_received"] == before  # ComfyUI never saw the job
+    assert comfy.prompts_received() == before  # ComfyUI never saw the job
