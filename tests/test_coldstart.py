@@ -25,12 +25,19 @@ import pytest
 
 from ryla_modal import job as client_job
 from ryla_modal.cloud import image as modal_image
-from ryla_modal.cloud.snapshot_node import DEFER_GPU_ENV, GPU_ROUTE, node_files
+from ryla_modal.cloud.snapshot_node import DEFER_GPU_ENV, GPU_ROUTE, NODE_DIRECTORY, node_files
 from ryla_modal.cloud.store import DictJobStore
 from ryla_modal.cloud.worker import ModalWorker, process_started_at
-from ryla_modal.comfy.runner import RunnerProgress, _ProgressTracker, is_model_loader
+from ryla_modal.comfy.process import ComfyProcess
+from ryla_modal.comfy.runner import (
+    ComfyRunner,
+    RunnerProgress,
+    _ProgressTracker,
+    is_model_loader,
+)
 from ryla_modal.gateway import schemas
 from ryla_modal.gateway.schemas import JobRecord
+from tests.conftest import real_comfyui
 from tests.fakes.comfyui_command import fake_comfyui_command
 from tests.fakes.modal_control import FakeModalControl, function_definition
 from tests.test_cloud_backend import MemoryDict, MemoryQueue
@@ -89,6 +96,60 @@ def test_the_snapshot_node_is_valid_python_calling_its_hook() -> None:
     assert "NODE_CLASS_MAPPINGS" in files["__init__.py"]
     command = " ".join(modal_image.snapshot_node_commands())
     assert f"{modal_image.COMFY_DIR}/custom_nodes/ryla_snapshot/prestartup_script.py" in command
+
+
+@pytest.mark.skipif(real_comfyui() is None, reason="needs a real ComfyUI (RYLA_TEST_COMFYUI_DIR)")
+def test_the_snapshot_node_starts_a_real_comfyui_off_the_gpu(tmp_path: Path) -> None:
+    """The node as the image writes it, in a real ComfyUI started the way the worker does.
+
+    No ``--cpu``: only the node keeps ComfyUI off CUDA (without it, ComfyUI on a machine with
+    no GPU dies at start-up, and on one with a GPU it would initialise CUDA before the snapshot).
+    """
+    found = real_comfyui()
+    assert found is not None
+    directory, python = found
+    base = tmp_path / "base"  # --base-directory: its custom_nodes/ holds only our node
+    node_dir = base / "custom_nodes" / NODE_DIRECTORY
+    node_dir.mkdir(parents=True)
+    for name, text in node_files().items():
+        (node_dir / name).write_text(text, encoding="utf-8")
+    out, inp, tmp = base / "output", base / "input", base / "temp"
+    folders = ["--output-directory", str(out), "--input-directory", str(inp)]
+    proc = ComfyProcess.for_checkout(
+        directory,
+        python,
+        extra_args=["--disable-auto-launch", "--base-directory", str(base), *folders,
+                    "--temp-directory", str(tmp)],
+        log_path=tmp_path / "comfyui.log",
+        env={DEFER_GPU_ENV: "1"},
+    )  # fmt: skip
+    try:
+        proc.start(ready_timeout=180)
+        log = (tmp_path / "comfyui.log").read_text(encoding="utf-8", errors="replace")
+        ours = [line for line in log.splitlines() if str(node_dir) in line]
+        assert len(ours) == 2, log  # the prestartup script's and the module's timing lines
+        assert not any("FAILED" in line for line in ours), ours
+        assert "Using pytorch attention" in log  # what it picks on an NVIDIA GPU, not on --cpu
+        stats = httpx.get(proc.base_url + "/system_stats", timeout=10, trust_env=False).json()
+        assert [d["type"] for d in stats["devices"]] == ["cpu"]
+
+        moved = httpx.post(proc.base_url + GPU_ROUTE, timeout=60, trust_env=False)
+        if moved.status_code == 503:  # no GPU on this machine: it says so and stays usable
+            assert moved.json() == {
+                "ok": False,
+                "device": "cpu",
+                "error": "no CUDA device is visible",
+            }
+            with ComfyRunner(proc.base_url, process=proc) as runner:
+                result = runner.run(WORKFLOW, job_id=str(uuid.uuid4()), timeout_s=120)
+            assert [(o.node_id, o.mime) for o in result.outputs] == [("2", "image/png")]
+        else:
+            assert moved.status_code == 200, moved.text
+            assert moved.json()["ok"] is True and moved.json()["device"].startswith("cuda")
+            stats = httpx.get(proc.base_url + "/system_stats", timeout=10, trust_env=False).json()
+            assert stats["devices"][0]["type"] == "cuda"
+    finally:
+        proc.stop(grace=2.0)
 
 
 # --- the worker's enter / snapshot / restore path -----------------------------------------------
