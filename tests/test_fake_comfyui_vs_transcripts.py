@@ -554,6 +554,7 @@ def test_object_info_matches_the_recorded_server(fresh: ComfyServer) -> None:
         [
             "EmptyImage",
             "EmptyLatentImage",
+            "ImageBatch",
             "ImageBlur",
             "ImageInvert",
             "ImageScale",
@@ -561,6 +562,8 @@ def test_object_info_matches_the_recorded_server(fresh: ComfyServer) -> None:
             "PreviewAny",
             "PreviewImage",
             "PrimitiveString",
+            "SaveAnimatedPNG",
+            "SaveAnimatedWEBP",
             "SaveGLB",
             "SaveImage",
             "SaveImageWebsocket",

@@ -258,6 +258,62 @@ def _save(
     return NodeResult((), {"images": results})
 
 
+_WEBP_METHODS = {"default": 4, "fastest": 0, "slowest": 6}
+
+
+def _save_animated_webp(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
+    """comfy_extras/nodes_images.py SaveAnimatedWEBP: every frame in one .webp, EXIF metadata."""
+    images = _images(a["images"], "images")
+    w, h = images[0].size if images else (0, 0)
+    folder, filename, counter, subfolder = save_image_path(
+        str(a["filename_prefix"]), ctx.folders.output, w, h
+    )
+    exif = images[0].getexif()
+    if not ctx.disable_metadata:
+        exif[0x0110] = f"prompt:{json.dumps(ctx.prompt)}"
+        if isinstance(ctx.extra_pnginfo, dict):
+            for n, (key, value) in enumerate(ctx.extra_pnginfo.items()):
+                exif[0x010F - n] = f"{key}:{json.dumps(value)}"
+    name = f"{filename}_{counter:05}_.webp"
+    images[0].save(
+        os.path.join(folder, name),
+        save_all=True,
+        duration=int(1000.0 / float(a["fps"])),
+        append_images=images[1:],
+        exif=exif,
+        lossless=bool(a["lossless"]),
+        quality=int(a["quality"]),
+        method=_WEBP_METHODS[a["method"]],
+    )
+    ui = {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}]}
+    return NodeResult((), {**ui, "animated": [len(images) != 1]})
+
+
+def _save_animated_png(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
+    """comfy_extras/nodes_images.py SaveAnimatedPNG: an APNG, metadata in ``comf`` chunks."""
+    images = _images(a["images"], "images")
+    w, h = images[0].size if images else (0, 0)
+    folder, filename, counter, subfolder = save_image_path(
+        str(a["filename_prefix"]), ctx.folders.output, w, h
+    )
+    meta = None
+    if not ctx.disable_metadata:
+        meta = PngInfo()
+        for key, value in _metadata(ctx).items():
+            meta.add(b"comf", key.encode("latin-1") + b"\0" + value.encode("latin-1"), True)
+    name = f"{filename}_{counter:05}_.png"
+    images[0].save(
+        os.path.join(folder, name),
+        pnginfo=meta,
+        compress_level=int(a["compress_level"]),
+        save_all=True,
+        duration=int(1000.0 / float(a["fps"])),
+        append_images=images[1:],
+    )
+    ui = {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}]}
+    return NodeResult((), {**ui, "animated": [True]})
+
+
 @dataclass(frozen=True)
 class Silence:
     """An AUDIO waveform's shape (batch, channels, samples); the stand-in's audio is silent."""
@@ -326,6 +382,17 @@ def _empty_image(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
 
 def _image_invert(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
     return NodeResult(([ImageOps.invert(i.convert("RGB")) for i in _images(a["image"], "image")],))
+
+
+def _image_batch(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
+    """nodes.py ImageBatch: image2's frames after image1's, scaled to image1's size if need be."""
+    first, second = _images(a["image1"], "image1"), _images(a["image2"], "image2")
+    size = first[0].size if first else None
+    if size is not None:
+        second = [
+            i if i.size == size else i.resize(size, Image.Resampling.BILINEAR) for i in second
+        ]
+    return NodeResult(([*first, *second],))
 
 
 def _image_blur(ctx: RunContext, a: dict[str, Any]) -> NodeResult:
@@ -544,6 +611,14 @@ def build_nodes(step_seconds: float = 0.1) -> dict[str, NodeDef]:
             ("IMAGE",),
             _image_invert,
             "Invert Image",
+            "image",
+        ),
+        NodeDef(
+            "ImageBatch",
+            _const({"required": {"image1": ["IMAGE"], "image2": ["IMAGE"]}}),
+            ("IMAGE",),
+            _image_batch,
+            "Batch Images",
             "image",
         ),
         NodeDef(
@@ -891,6 +966,54 @@ def build_nodes(step_seconds: float = 0.1) -> dict[str, NodeDef]:
             "SaveGLB",
             "3d",
             python_module="comfy_extras.nodes_hunyuan3d",
+            output_node=True,
+        ),
+        NodeDef(
+            "SaveAnimatedWEBP",
+            _const(
+                {
+                    "required": {
+                        "images": ["IMAGE"],
+                        "filename_prefix": ["STRING", {"default": "ComfyUI"}],
+                        "fps": [
+                            "FLOAT",
+                            {"default": 6.0, "min": 0.01, "max": 1000.0, "step": 0.01},
+                        ],
+                        "lossless": ["BOOLEAN", {"default": True}],
+                        "quality": ["INT", {"default": 80, "min": 0, "max": 100}],
+                        "method": [list(_WEBP_METHODS)],
+                    },
+                    "hidden": _HIDDEN,
+                }
+            ),
+            (),
+            _save_animated_webp,
+            "SaveAnimatedWEBP",
+            "image/animation",
+            python_module="comfy_extras.nodes_images",
+            output_node=True,
+        ),
+        NodeDef(
+            "SaveAnimatedPNG",
+            _const(
+                {
+                    "required": {
+                        "images": ["IMAGE"],
+                        "filename_prefix": ["STRING", {"default": "ComfyUI"}],
+                        "fps": [
+                            "FLOAT",
+                            {"default": 6.0, "min": 0.01, "max": 1000.0, "step": 0.01},
+                        ],
+                        "compress_level": ["INT", {"default": 4, "min": 0, "max": 9}],
+                    },
+                    "hidden": _HIDDEN,
+                }
+            ),
+            (),
+            _save_animated_png,
+            "SaveAnimatedPNG",
+            "image/animation",
+            python_module="comfy_extras.nodes_images",
             output_node=True,
         ),
     ]
