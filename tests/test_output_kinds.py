@@ -2,8 +2,10 @@
 
 Kinds: text (PreviewAny), images sent as websocket frames (SaveImageWebsocket), ``temp``
 previews (PreviewImage, PreviewAudio) only when asked, audio (SaveAudio, SaveAudioMP3,
-SaveAudioOpus) and 3D (SaveGLB).  Real ComfyUI has no model-free MESH source and needs
-torchaudio for the audio nodes: those run on the stand-in (and on a real ComfyUI that has them).
+SaveAudioOpus), 3D (SaveGLB), animated WEBP/PNG and video (SaveVideo, SaveWEBM).  Real ComfyUI
+has no model-free MESH source and needs torchaudio for the audio nodes: those run on the stand-in
+(and on a real ComfyUI that has them).  The stand-in has no video encoder: video runs only on a
+real ComfyUI.
 """
 
 from __future__ import annotations
@@ -278,6 +280,107 @@ def test_3d_outputs_are_glb(comfy: ComfyServer) -> None:
     gltf = json.loads(data[20 : 20 + json_len])
     assert gltf["accessors"][0]["count"] == 8 and gltf["accessors"][1]["count"] == 36
     assert json.loads(gltf["asset"]["extras"]["prompt"])["2"]["class_type"] == "SaveGLB"
+
+
+# --- animated images and video ------------------------------------------------------------------
+
+
+def frames(data: bytes | None) -> int:
+    from PIL import Image
+
+    assert data is not None
+    with Image.open(io.BytesIO(data)) as img:
+        return int(getattr(img, "n_frames", 1))
+
+
+def test_animated_webp_and_png(comfy: ComfyServer) -> None:
+    """Listed under ``images`` like stills (with ``animated: [true]``): one file per batch."""
+    need(comfy, "SaveAnimatedWEBP", "SaveAnimatedPNG")
+    prefix = f"anim/{unique('anim')}"
+    wf = {  # three frames that differ (an encoder may merge equal neighbours into one frame)
+        "1": image(size=16),
+        "4": image(size=16),
+        "5": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["4", 0]}},
+        "6": {"class_type": "ImageBatch", "inputs": {"image1": ["5", 0], "image2": ["1", 0]}},
+        "2": {
+            "class_type": "SaveAnimatedWEBP",
+            "inputs": {
+                "images": ["6", 0],
+                "filename_prefix": prefix,
+                "fps": 6.0,
+                "lossless": True,
+                "quality": 80,
+                "method": "default",
+            },
+        },
+        "3": {
+            "class_type": "SaveAnimatedPNG",
+            "inputs": {
+                "images": ["6", 0],
+                "filename_prefix": prefix,
+                "fps": 6.0,
+                "compress_level": 4,
+            },
+        },
+    }
+    with runner_for(comfy) as runner:
+        result = runner.run(wf, job_id=job(), timeout_s=60)
+    assert [
+        (o.node_id, o.kind, o.subfolder, Path(o.filename).suffix, o.mime) for o in result.outputs
+    ] == [
+        ("2", "images", "anim", ".webp", "image/webp"),
+        ("3", "images", "anim", ".png", "image/png"),
+    ]
+    webp, apng = result.outputs
+    assert webp.data is not None and webp.data[:4] == b"RIFF" and webp.data[8:12] == b"WEBP"
+    assert apng.data is not None and apng.data.startswith(PNG_MAGIC) and b"acTL" in apng.data
+    for out in result.outputs:
+        assert frames(out.data) == 3 and size_of(out.data) == (16, 16)
+        assert out.data == on_disk(comfy, out)
+        assert (out.size, out.sha256) == (len(out.data), hashlib.sha256(out.data).hexdigest())
+
+
+def test_video_outputs(comfy: ComfyServer) -> None:
+    """SaveVideo (MP4) and SaveWEBM list their files under ``images`` too; the mime says video."""
+    need(comfy, "CreateVideo", "SaveVideo", "SaveWEBM")
+    prefix = f"vid/{unique('vid')}"
+    wf = {
+        "1": image(size=16, batch=3),
+        "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 6.0}},
+        "3": {
+            "class_type": "SaveVideo",
+            "inputs": {
+                "video": ["2", 0],
+                "filename_prefix": prefix,
+                "format": "mp4",
+                "codec": "h264",
+            },
+        },
+        "4": {
+            "class_type": "SaveWEBM",
+            "inputs": {
+                "images": ["1", 0],
+                "filename_prefix": prefix,
+                "codec": "vp9",
+                "fps": 6.0,
+                "crf": 32.0,
+            },
+        },
+    }
+    with runner_for(comfy) as runner:
+        result = runner.run(wf, job_id=job(), timeout_s=120)
+    assert [
+        (o.node_id, o.kind, o.subfolder, Path(o.filename).suffix, o.mime) for o in result.outputs
+    ] == [
+        ("3", "images", "vid", ".mp4", "video/mp4"),
+        ("4", "images", "vid", ".webm", "video/webm"),
+    ]
+    mp4, webm = result.outputs
+    assert mp4.data is not None and mp4.data[4:8] == b"ftyp"
+    assert webm.data is not None and webm.data.startswith(b"\x1a\x45\xdf\xa3")  # EBML
+    for out in result.outputs:
+        assert out.data == on_disk(comfy, out)
+        assert (out.size, out.sha256) == (len(out.data), hashlib.sha256(out.data).hexdigest())
 
 
 # --- inputs by URL ------------------------------------------------------------------------------
