@@ -39,6 +39,7 @@ from ryla_modal.comfy.api import (
     BinaryFrame,
     ComfyAPI,
     EventSocket,
+    JobDetached,
     OutputRef,
     SocketClosed,
     TextOutput,
@@ -484,13 +485,15 @@ class ComfyRunner:
         timeout_s: float | None = None,
         cancel: threading.Event | None = None,
         previews: bool | None = None,
+        detach: threading.Event | None = None,
     ) -> RunResult:
         """Run ``workflow`` as prompt ``job_id`` and collect every output.
 
         ``previews``: also collect ``temp`` files (PreviewImage); None: the runner's default.
         Raises InputFetchError (before anything is submitted), WorkflowValidationError,
         ExecutionError, JobCancelled, ComfyUIUnavailable, ExecutionTimeout (with ``job_id``) or
-        OutputIntegrityError.
+        OutputIntegrityError; JobDetached when ``detach`` is set (the server stops, leaving the
+        prompt to ComfyUI and the next start).
         """
         if not job_id:
             raise ValueError("job_id must be a non-empty string")
@@ -503,7 +506,7 @@ class ComfyRunner:
 
         try:
             entry = self._submit_and_follow(
-                workflow, job_id, inputs, deadline, tracker, timings, cancel, emit, sent
+                workflow, job_id, inputs, deadline, tracker, timings, cancel, emit, sent, detach
             )
         except ComfyUIUnavailable as exc:
             raise self._explain(exc) from exc
@@ -545,6 +548,7 @@ class ComfyRunner:
         cancel: threading.Event | None,
         emit: Callable[[RunnerProgress], None],
         sent: _SocketImages,
+        detach: threading.Event | None = None,
     ) -> dict[str, Any]:
         check_alive = self.process.check_alive if self.process is not None else None
         if check_alive is not None:
@@ -567,6 +571,7 @@ class ComfyRunner:
                 cancel=cancel,
                 poll_s=self.history_poll_s,
                 on_socket_lost=sent.on_socket_lost,
+                detach=detach,
             )
             timings.executing = time.monotonic() - t0
             return entry
@@ -584,6 +589,8 @@ class ComfyRunner:
 
         if cancel is not None and cancel.is_set():
             raise JobCancelled(f"job {job_id} was cancelled before it was submitted", job_id=job_id)
+        if detach is not None and detach.is_set():
+            raise JobDetached(job_id, submitted=False)
         if self.delete_outputs:
             prompt = uncache_sinks(prompt, job_id)
         client_id = uuid.uuid4().hex
@@ -608,6 +615,7 @@ class ComfyRunner:
                 poll_s=self.history_poll_s,
                 on_frame=sent.on_frame,
                 on_socket_lost=sent.on_socket_lost,
+                detach=detach,
             )
         finally:
             if socket is not None:
