@@ -789,7 +789,7 @@ class _Api:
         if existing is not None:
             return self._same_or_conflict(existing, identity), False
         self._check_object_info(job_id, workflow)
-        active = len(self.store.list(status=ACTIVE_STATUSES))
+        active = self.store.count(status=ACTIVE_STATUSES)
         if active >= lim.max_pending_jobs:
             raise ApiError(
                 429,

@@ -68,6 +68,10 @@ class JobStore(abc.ABC):
     def list(self, status: str | Iterable[str] | None = None) -> list[JobRecord]:
         """Records, oldest first, optionally only those with the given status(es)."""
 
+    def count(self, status: str | Iterable[str] | None = None) -> int:
+        """How many records (with the given status(es)); stores override it to skip parsing."""
+        return len(self.list(status))
+
     @abc.abstractmethod
     def page(
         self, status: Iterable[str] | None = None, limit: int = 20, before: str | None = None
@@ -558,6 +562,20 @@ class SQLiteJobStore(JobStore):
                     sorted(wanted),
                 ).fetchall()
         return [JobRecord.model_validate_json(r[0]) for r in rows]
+
+    def count(self, status: str | Iterable[str] | None = None) -> int:
+        """A COUNT over the status index: POST /jobs asks for every submit (the pending limit)."""
+        wanted = _statuses(status)
+        with self._lock:
+            if wanted is None:
+                row = self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()
+            else:
+                marks = ",".join("?" * len(wanted))
+                row = self._db.execute(
+                    f"SELECT COUNT(*) FROM jobs WHERE status IN ({marks})",  # noqa: S608 - only placeholders
+                    sorted(wanted),
+                ).fetchone()
+        return int(row[0])
 
     def page(
         self, status: Iterable[str] | None = None, limit: int = 20, before: str | None = None
