@@ -186,7 +186,8 @@ def test_killed_comfyui_is_restarted_and_later_jobs_run(
             wf = simple_workflow(unique("later"))
             assert c.post("/jobs", json={"job_id": job_id, "workflow": wf}).status_code == 202
         for job_id in later:
-            assert wait_job(c, job_id, timeout=60)["status"] == "succeeded"
+            job = wait_job(c, job_id, timeout=60)
+            assert job["status"] == "succeeded", (job, serve.stderr())
         health = _wait_health(c, lambda h: h["comfyui"] == "ok", within=15)
         assert health["comfyui_restarts"] == 1
     assert "restarting it" in serve.stderr()
