@@ -40,6 +40,7 @@ from ryla_modal.errors import ComfyUIUnavailable, ConfigError
 _TAIL_BLOCK = 8192
 _TAIL_MAX_BYTES = 256 * 1024
 _PR_SET_PDEATHSIG = 1
+_SILENT_PROBES = 2  # probes in a row without an answer before ComfyUI counts as unresponsive
 
 log = logging.getLogger("ryla_modal.comfy")
 
@@ -451,8 +452,9 @@ class RestartPolicy:
 class ComfyMonitor:
     """Watches one ComfyUI from its own thread: probes it, restarts the one we launched.
 
-    ``state`` is one of ``ok``, ``unresponsive``, ``down``, ``restarting``, ``failed`` (shown
-    by GET /health).  ``wait_up`` lets a job that arrives while ComfyUI is down or restarting
+    ``state`` is one of ``ok``, ``unresponsive`` (two probes in a row got no answer in
+    ``probe_timeout_s``), ``down`` (refused), ``restarting``, ``failed`` (shown by GET
+    /health).  ``wait_up`` lets a job that arrives while ComfyUI is down or restarting
     wait for it within the job's budget instead of failing at once.  Restarts run on this
     monitor's thread, which lives as long as the server: a ComfyUI launched with
     ``die_with_parent`` dies with the thread that forked it.
@@ -481,6 +483,7 @@ class ComfyMonitor:
         self._last_ok = time.monotonic()
         self._up_since = time.monotonic()
         self._streak = 0
+        self._silent = 0  # probes in a row that timed out
         self._waiters = 0
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -589,11 +592,17 @@ class ComfyMonitor:
             with self._cond:
                 if self._state in (COMFY_RESTARTING, COMFY_FAILED):
                     return self._state
-            self._set(COMFY_DOWN if refused else COMFY_UNRESPONSIVE)
+                self._silent = 0 if refused else self._silent + 1
+                silent = self._silent
+            if refused:
+                self._set(COMFY_DOWN)
+            elif silent >= _SILENT_PROBES:  # one slow answer on a busy machine is not silence
+                self._set(COMFY_UNRESPONSIVE)
         else:
             with self._cond:
                 if self._state in (COMFY_RESTARTING, COMFY_FAILED):
                     return self._state
+                self._silent = 0
             self._set(COMFY_OK)
         return self.state
 
