@@ -518,7 +518,8 @@ class ComfyMonitor:
     def wait_up(self, timeout: float, on_wait: Callable[[], None] | None = None) -> bool:
         """Return once ComfyUI looks usable; True if this call had to wait for it.
 
-        A fresh ``ok`` (probed within ``fresh_s``) returns at once; otherwise one probe decides.
+        For a ComfyUI we launched, a fresh ``ok`` (probed within ``fresh_s``, the process alive)
+        returns at once; otherwise one probe decides (a ComfyUI at a URL can vanish unseen).
         While ComfyUI is down or restarting it waits (woken by the monitor, re-probing at most
         every ``probe_every_s``) up to ``timeout``, then raises ComfyUIUnavailable.  An
         ``unresponsive`` ComfyUI does not make it wait: the runner's own deadlines handle it.
@@ -527,7 +528,8 @@ class ComfyMonitor:
         deadline = time.monotonic() + timeout
         with self._cond:
             if (
-                self._state == COMFY_OK
+                self.process is not None  # its exit is known at once; a URL's is not
+                and self._state == COMFY_OK
                 and not self._process_dead()
                 and time.monotonic() - self._last_ok < self.fresh_s
             ):
