@@ -10,7 +10,11 @@ ComfyUI's own queue, not in ours), then:
    seen, throughput, and the overhead per job: the client's wall time from the first POST to the
    last output byte, minus the time ComfyUI had the prompt (``waiting_in_comfyui`` +
    ``executing`` in the job's timings: from ComfyUI accepting the prompt to its end), p50/p99;
-   and the gateway's peak RSS (VmHWM).
+   the same from the server's own clock (the job's ``total`` minus ComfyUI's time: what the
+   lifecycle adds, without the waits of the HTTP requests); the CPU the gateway and this load
+   generator used; and the gateway's peak RSS (VmHWM).  At concurrency C the client-side
+   overhead is mostly queueing: C jobs / throughput (Little's law), and throughput is bounded
+   by the gateway's CPU per job.
 2. sequential: one job at a time through serve + RylaClient.generate, against a direct client of
    ComfyUI's own API (bench/overhead.py's), interleaved; prints the p50 difference.
 
@@ -55,6 +59,7 @@ class Tally:
     def __init__(self) -> None:
         self.statuses: Counter[int] = Counter()
         self.overheads: list[float] = []
+        self.server_overheads: list[float] = []
         self.finals: dict[str, str] = {}
         self.phases: dict[str, list[float]] = {}
 
@@ -91,6 +96,7 @@ async def one_job(http: httpx.AsyncClient, tally: Tally, i: int) -> None:
     in_comfy = (timings.get("waiting_in_comfyui") or 0.0) + (timings.get("executing") or 0.0)
     if job["status"] == "succeeded":
         tally.overheads.append(wall - in_comfy)
+        tally.server_overheads.append((timings.get("total") or 0.0) - in_comfy)
         for name, value in timings.items():
             if value is not None:
                 tally.phases.setdefault(name, []).append(value)
@@ -126,6 +132,15 @@ def peak_rss_mib(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -169,7 +184,11 @@ def main() -> int:
                     break
                 except Exception:
                     time.sleep(0.1)
+            cpu_before = cpu_seconds(serve.pid)
+            mine_before = time.process_time()
             tally, wall = asyncio.run(load(url, token, args.jobs, args.concurrency))
+            cpu_after = cpu_seconds(serve.pid)
+            mine = time.process_time() - mine_before
             stats = httpx.get(f"{comfy_url}/_fake/stats", timeout=30).json()
             runs = Counter(stats["prompt_ids"])
             twice = sum(1 for job_id in tally.finals if runs[job_id] > 1)
@@ -204,6 +223,13 @@ def main() -> int:
     print(f"  throughput           {args.jobs / wall:.1f} jobs/s ({wall:.1f} s)")
     print(f"  overhead p50         {pct(tally.overheads, 0.50) * ms:.1f} ms")
     print(f"  overhead p99         {pct(tally.overheads, 0.99) * ms:.1f} ms   (goal <= 250 ms)")
+    server = tally.server_overheads
+    p50, p99 = pct(server, 0.5) * ms, pct(server, 0.99) * ms
+    print(f"  server-side overhead p50 {p50:.1f} ms, p99 {p99:.1f} ms (total minus ComfyUI's time)")
+    if cpu_before is not None and cpu_after is not None:
+        used = cpu_after - cpu_before
+        print(f"  gateway CPU          {used:.1f} s ({used / wall:.0%} of a core)")
+    print(f"  load generator CPU   {mine:.1f} s ({mine / wall:.0%} of a core)")
     where = ", ".join(f"{k} {statistics.median(v) * ms:.0f}" for k, v in tally.phases.items())
     print(f"  job timings, median ms: {where}")
     print(f"  gateway peak RSS     {rss:.1f} MiB" if rss is not None else "  gateway peak RSS  n/a")
