@@ -30,13 +30,16 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ryla_modal import defaults
 from ryla_modal.comfy.process import ComfyMonitor, ComfyProcess, check_ready
 from ryla_modal.config import is_loopback, serve_token
 from ryla_modal.errors import ComfyUIUnavailable, ConfigError
 from ryla_modal.gateway.webhooks import Deliverer, WebhookSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    import uvicorn
 
 log = logging.getLogger("ryla_modal.serve")
 
@@ -236,7 +239,9 @@ def serve_local(
             log.info("stopped")
 
 
-def _run_uvicorn(config: Any, sockets: list[socket.socket], drain: Callable[[], None]) -> None:
+def _run_uvicorn(
+    config: uvicorn.Config, sockets: list[socket.socket], drain: Callable[[], None]
+) -> None:
     """uvicorn's ``Server.run``, telling the app it stops before waiting for open requests."""
     import uvicorn
 
