@@ -554,11 +554,15 @@ class ComfyRunner:
         if check_alive is not None:
             check_alive()  # a ComfyUI that died since the last job is reported before this one
 
-        # Idempotency: ComfyUI does not check prompt_id uniqueness, so we do.
-        entry = self.api.history(job_id)
-        if entry is not None:
-            return entry
-        if self.api.queue_state(job_id) is not None:
+        # Idempotency: ComfyUI does not check prompt_id uniqueness, so we do.  The queue first,
+        # then the history: a prompt moves from one to the other (atomically, never back), so
+        # asking in this order cannot miss one that finishes between the two questions.
+        queued = self.api.queue_state(job_id)
+        if queued is None:
+            entry = self.api.history(job_id)
+            if entry is not None:
+                return entry
+        else:
             # Queued or running from an earlier attempt: follow it; its events go elsewhere.
             t0 = time.monotonic()
             emit(tracker.progress())
