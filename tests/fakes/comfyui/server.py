@@ -114,7 +114,7 @@ class StandIn:
         """Send queued messages in order; a drop request cuts every socket at its place."""
         while True:
             event, data, sid = await self.messages.get()
-            if event == _MUTE:
+            if event == _MUTE and isinstance(data, dict):
                 self.muted = bool(data["on"])
                 continue
             if self.muted:
