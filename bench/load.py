@@ -44,11 +44,10 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
+from bench.overhead import direct_run, workflow  # noqa: E402
 from tests.fakes.comfyui_command import fake_comfyui_command  # noqa: E402
 
-from overhead import direct_run, workflow  # noqa: E402
 from ryla_modal.client import RylaClient  # noqa: E402
 from ryla_modal.comfy.process import ComfyProcess, free_port  # noqa: E402
 
