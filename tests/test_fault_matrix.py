@@ -429,7 +429,7 @@ def test_cli_fault(case: str, code: int, stack: Stack, tmp_path: Path) -> None:
         wf_path.write_text(json.dumps(wf))
         argv = [sys.executable, "-m", "ryla_modal.cli", "generate", str(wf_path)]
         argv += ["--endpoint", proxy.url, "--out", str(world.out), "--json"]
-        argv += ["--timeout", "20", "--cold-start-timeout", "20"]
+        argv += ["--execution-timeout", "20", "--cold-start-timeout", "20"]
 
         def run_cli(w: World, deadline: float) -> object:
             proc = subprocess.Popen(
@@ -442,7 +442,12 @@ def test_cli_fault(case: str, code: int, stack: Stack, tmp_path: Path) -> None:
                 preexec_fn=_small_files if case == "disk full while saving" else None,
             )
             if case != "disk full while saving":
-                _wait_for(lambda: any(what == "trickle" for _, _, what in proxy.log.seen), 15)
+                _wait_for(
+                    lambda: any(what == "trickle" for _, _, what in proxy.log.seen)
+                    or proc.poll() is not None,
+                    15,
+                )
+                assert proc.poll() is None, (proc.returncode, proc.communicate())
                 time.sleep(0.3)  # some bytes are on disk now
                 proc.send_signal(signal.SIGINT if "Ctrl-C" in case else signal.SIGTERM)
             try:
@@ -462,6 +467,8 @@ def test_cli_fault(case: str, code: int, stack: Stack, tmp_path: Path) -> None:
         assert isinstance(result, tuple)
         returncode, err = result
         assert returncode == code, err
+        if case == "disk full while saving":
+            assert "File too large" in err, err  # EFBIG, said as the OS says it
 
 
 # --- the checks every row makes ----------------------------------------------------------------
