@@ -443,8 +443,10 @@ def test_cli_fault(case: str, code: int, stack: Stack, tmp_path: Path) -> None:
             )
             if case != "disk full while saving":
                 _wait_for(
-                    lambda: any(what == "trickle" for _, _, what in proxy.log.seen)
-                    or proc.poll() is not None,
+                    lambda: (
+                        any(what == "trickle" for _, _, what in proxy.log.seen)
+                        or proc.poll() is not None
+                    ),
                     15,
                 )
                 assert proc.poll() is None, (proc.returncode, proc.communicate())
