@@ -175,6 +175,29 @@ def test_public_all_is_complete_and_sorted() -> None:
         assert getattr(ryla_modal, name) is not None
 
 
+def test_type_checkers_see_every_export_re_exported() -> None:
+    """The TYPE_CHECKING block imports each lazy export as ``X as X`` from the module that
+    defines it, so ``from ryla_modal import RylaClient`` type-checks under mypy --strict."""
+    import ast
+    from pathlib import Path
+
+    import ryla_modal
+
+    source = Path(ryla_modal.__file__).read_text(encoding="utf-8")
+    guarded = next(
+        node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+    )
+    seen: dict[str, str] = {}
+    for stmt in guarded.body:
+        assert isinstance(stmt, ast.ImportFrom) and stmt.module, ast.dump(stmt)
+        for alias in stmt.names:
+            assert alias.asname == alias.name, f"{alias.name} is not re-exported as itself"
+            seen[alias.name] = stmt.module
+    assert seen == ryla_modal._EXPORTS
+
+
 def test_readme_imports_exist() -> None:
     """Every ``from ryla_modal import ...`` in README.md names a public export."""
     import re

@@ -132,10 +132,11 @@ def test_progress_events_report_sampler_steps(kind: str, gateway: Gateway, tmp_p
         return await call(client.generate(wf, out_dir=tmp_path, on_event=events.append))
 
     run(kind, gateway.url, scenario)
-    steps = [e.job.progress.step for e in events if e.job.progress and e.job.progress.step]
+    progress = [e.job.progress for e in events if e.job is not None and e.job.progress]
+    steps = [p.step for p in progress if p.step]
     assert steps, "no sampler step reached the client"
     assert max(steps) <= 6
-    types = {e.job.progress.node_type for e in events if e.job.progress}
+    types = {p.node_type for p in progress}
     assert "RylaSlowSteps" in types
 
 
@@ -394,3 +395,20 @@ def test_malformed_job_answer_is_an_error_naming_the_field(
         server.stop()
     assert named in info.value.message
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_list_jobs_and_job_logs_through_the_gateway(
+    kind: str, gateway: Gateway, tmp_path: Path
+) -> None:
+    async def scenario(client: Any) -> Any:
+        result = await call(client.generate(simple_workflow(unique("ls")), out_dir=tmp_path))
+        page = await call(client.list_jobs(status="succeeded", limit=100))
+        logs = await call(client.job_logs(result.job.job_id))
+        return result.job.job_id, page, logs
+
+    job_id, page, logs = run(kind, gateway.url, scenario)
+    assert job_id in [j.job_id for j in page.jobs]
+    assert all(j.status == "succeeded" for j in page.jobs)
+    assert logs["job_id"] == job_id and logs["source"] == "comfyui"
+    assert isinstance(logs["lines"], list)

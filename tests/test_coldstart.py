@@ -339,6 +339,6 @@ def test_labelled_timings_read_as_the_cold_start_story() -> None:
     ]
     line = timings.summary(downloaded=0.75)
     assert line.startswith("11.0 s: queued 1.0 s · container start 2.0 s")
-    assert line.endswith("downloaded 0.8 s")
+    assert line.endswith("downloaded 750 ms")  # under a second: milliseconds
     with pytest.raises(ValueError, match=r"timings\.restored: expected true or false"):
         client_job.Timings.from_dict({"restored": "yes"})

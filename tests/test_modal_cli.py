@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -127,13 +128,21 @@ def test_bad_token_is_an_auth_error_without_retry(
     assert "as-very-secret-value" not in f"{info.value} {info.value.hint}"
 
 
-def test_unavailable_is_retried_then_a_clear_error(fake: FakeModalControl, tmp_path: Path) -> None:
+def test_unavailable_is_retried_then_a_clear_error(
+    fake: FakeModalControl, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     fake.add_app("hello")
     fake.mode = "unavailable"
     pids: list[int] = []
+    caplog.set_level(logging.INFO, logger="ryla_modal")
     with pytest.raises(ModalCLIError) as info:
         make_cli(fake.env(tmp_path), pids, retries=2).logs("hello", timeout=30)
     assert len(pids) == 3
+    # every retry is logged, one per attempt that was followed by another
+    retries = [r.getMessage() for r in caplog.records if r.name == "ryla_modal"]
+    assert len(retries) == len(pids) - 1
+    assert [m.split("(attempt ")[1].split(" ")[0] for m in retries] == ["1", "2"]
+    assert all(m.startswith("retrying modal app logs in ") for m in retries)
     assert "could not reach Modal after 3 attempts" in str(info.value)
     assert info.value.stderr_tail
     assert all("as-test" not in arg for arg in info.value.argv)

@@ -22,9 +22,11 @@ _EXPORTS: dict[str, str] = {
     "ExecutionError": "ryla_modal.errors",
     "ExecutionTimeout": "ryla_modal.errors",
     "JobCancelled": "ryla_modal.errors",
+    "JobIdError": "ryla_modal.errors",
     "ModalCLIError": "ryla_modal.errors",
     "OutputIntegrityError": "ryla_modal.errors",
     "RylaError": "ryla_modal.errors",
+    "RequestTimeout": "ryla_modal.errors",
     "RylaTimeout": "ryla_modal.errors",
     "WorkflowError": "ryla_modal.errors",
     "WorkflowFormatError": "ryla_modal.errors",
@@ -34,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "InputURL": "ryla_modal.client",
     "InputUpload": "ryla_modal.client",
     "JobEvent": "ryla_modal.client",
+    "JobPage": "ryla_modal.client",
     "RylaClient": "ryla_modal.client",
     "SavedOutput": "ryla_modal.client",
     "Job": "ryla_modal.job",
@@ -54,43 +57,124 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from ryla_modal.client import (  # noqa: F401
-        AsyncRylaClient,
-        GenerateResult,
-        InputUpload,
-        InputURL,
-        JobEvent,
-        RylaClient,
-        SavedOutput,
+    # `X as X`: an explicit re-export, so `from ryla_modal import X` passes mypy --strict.
+    from ryla_modal.client import (
+        AsyncRylaClient as AsyncRylaClient,
     )
-    from ryla_modal.deploy.modal_cli import (  # noqa: F401
-        AppInfo,
-        DeployResult,
-        LogsResult,
-        ModalCLI,
-        StopResult,
+    from ryla_modal.client import (
+        GenerateResult as GenerateResult,
     )
-    from ryla_modal.errors import (  # noqa: F401
-        AuthError,
-        ColdStartTimeout,
-        ComfyUIUnavailable,
-        CommandTimeout,
-        ConfigError,
-        EndpointUnavailable,
-        ExecutionError,
-        ExecutionTimeout,
-        JobCancelled,
-        ModalCLIError,
-        OutputIntegrityError,
-        RylaError,
-        RylaTimeout,
-        WorkflowError,
-        WorkflowFormatError,
-        WorkflowValidationError,
+    from ryla_modal.client import (
+        InputUpload as InputUpload,
     )
-    from ryla_modal.job import Job, JobError, OutputInfo, Progress  # noqa: F401
-    from ryla_modal.webhooks import WebhookVerificationError, verify_webhook  # noqa: F401
-    from ryla_modal.workflow import Workflow, load_workflow  # noqa: F401
+    from ryla_modal.client import (
+        InputURL as InputURL,
+    )
+    from ryla_modal.client import (
+        JobEvent as JobEvent,
+    )
+    from ryla_modal.client import (
+        JobPage as JobPage,
+    )
+    from ryla_modal.client import (
+        RylaClient as RylaClient,
+    )
+    from ryla_modal.client import (
+        SavedOutput as SavedOutput,
+    )
+    from ryla_modal.deploy.modal_cli import (
+        AppInfo as AppInfo,
+    )
+    from ryla_modal.deploy.modal_cli import (
+        DeployResult as DeployResult,
+    )
+    from ryla_modal.deploy.modal_cli import (
+        LogsResult as LogsResult,
+    )
+    from ryla_modal.deploy.modal_cli import (
+        ModalCLI as ModalCLI,
+    )
+    from ryla_modal.deploy.modal_cli import (
+        StopResult as StopResult,
+    )
+    from ryla_modal.errors import (
+        AuthError as AuthError,
+    )
+    from ryla_modal.errors import (
+        ColdStartTimeout as ColdStartTimeout,
+    )
+    from ryla_modal.errors import (
+        ComfyUIUnavailable as ComfyUIUnavailable,
+    )
+    from ryla_modal.errors import (
+        CommandTimeout as CommandTimeout,
+    )
+    from ryla_modal.errors import (
+        ConfigError as ConfigError,
+    )
+    from ryla_modal.errors import (
+        EndpointUnavailable as EndpointUnavailable,
+    )
+    from ryla_modal.errors import (
+        ExecutionError as ExecutionError,
+    )
+    from ryla_modal.errors import (
+        ExecutionTimeout as ExecutionTimeout,
+    )
+    from ryla_modal.errors import (
+        JobCancelled as JobCancelled,
+    )
+    from ryla_modal.errors import (
+        JobIdError as JobIdError,
+    )
+    from ryla_modal.errors import (
+        ModalCLIError as ModalCLIError,
+    )
+    from ryla_modal.errors import (
+        OutputIntegrityError as OutputIntegrityError,
+    )
+    from ryla_modal.errors import (
+        RequestTimeout as RequestTimeout,
+    )
+    from ryla_modal.errors import (
+        RylaError as RylaError,
+    )
+    from ryla_modal.errors import (
+        RylaTimeout as RylaTimeout,
+    )
+    from ryla_modal.errors import (
+        WorkflowError as WorkflowError,
+    )
+    from ryla_modal.errors import (
+        WorkflowFormatError as WorkflowFormatError,
+    )
+    from ryla_modal.errors import (
+        WorkflowValidationError as WorkflowValidationError,
+    )
+    from ryla_modal.job import (
+        Job as Job,
+    )
+    from ryla_modal.job import (
+        JobError as JobError,
+    )
+    from ryla_modal.job import (
+        OutputInfo as OutputInfo,
+    )
+    from ryla_modal.job import (
+        Progress as Progress,
+    )
+    from ryla_modal.webhooks import (
+        WebhookVerificationError as WebhookVerificationError,
+    )
+    from ryla_modal.webhooks import (
+        verify_webhook as verify_webhook,
+    )
+    from ryla_modal.workflow import (
+        Workflow as Workflow,
+    )
+    from ryla_modal.workflow import (
+        load_workflow as load_workflow,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -12,9 +12,13 @@ COLD_START_TIMEOUT_S = 300.0
 EXECUTION_TIMEOUT_S = 1200.0
 LONG_POLL_WAIT_S = 20
 LONG_POLL_MAX_S = 25
+LONG_POLL_MIN_S = 1  # near a deadline the long poll still waits this long: never a tight loop
+POLL_MIN_INTERVAL_S = 0.25  # an answer with nothing new: the next poll waits this long after it
+POLL_MIN_SLEEP_S = 0.02  # and every poll waits at least this long: the loop never spins
 RETRY_AFTER_CAP_S = 120.0
 RETRY_MAX_ATTEMPTS = 6
-# One request, all its retries included, gives up after this long.
+# One request, all its retries included, gives up after this long (a call's own `timeout` and a
+# wait's phase budgets can only shorten it).
 REQUEST_BUDGET_S = 120.0
 RETRY_INITIAL_DELAY_S = 0.5
 RETRY_MAX_DELAY_S = 8.0
@@ -91,6 +95,9 @@ MODAL_SIGNAL_TTL_S = 3600  # a job's wake-up partition is dropped this long afte
 MODAL_SIGNAL_BACKLOG = 1000  # wake-ups one long poll takes off a job's partition at once
 
 # --- the job API (gateway) and `ryla serve` ------------------------------------------------------
+#: Job ids end up in URLs, file names and ComfyUI's prompt_id: a UUID fits, so does any short
+#: token of letters, digits, ``-`` and ``_``.  The gateway's schema and the client check the same.
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 GATEWAY_MAX_BODY_BYTES = 32 * 1024 * 1024  # a POST body larger than this gets 413
 GATEWAY_MAX_INPUTS = 16  # input files per job
 GATEWAY_MAX_INPUT_BYTES = 16 * 1024 * 1024  # one input file, decoded

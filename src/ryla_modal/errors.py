@@ -164,6 +164,12 @@ class ExecutionError(RylaError):
         self.traceback_tail = traceback_tail or []
 
 
+class JobIdError(RylaError, ValueError):
+    """A job id outside the gateway's charset: refused before it reaches a URL."""
+
+    exit_code = EXIT_USAGE
+
+
 class OutputIntegrityError(RylaError):
     """A downloaded output did not match the server's checksum or size; nothing was saved."""
 
@@ -192,21 +198,44 @@ class JobCancelled(RylaError):
 
 
 class RylaTimeout(RylaError, TimeoutError):
-    """A deadline passed. Also a built-in ``TimeoutError`` so ``except TimeoutError`` works."""
+    """A deadline passed. Also a built-in ``TimeoutError`` so ``except TimeoutError`` works.
+
+    ``phase`` names what ran out of time ("submit", "cold start", "execution", "download",
+    "health", ...) and ``job_id`` the job, when one is known: the job keeps running, and
+    ``ryla jobs wait JOB_ID`` picks it up again.
+    """
 
     exit_code = EXIT_TIMEOUT
+    #: the phase a subclass stands for, unless the raiser names another
+    default_phase: str | None = None
 
-    def __init__(self, message: str, *, job_id: str | None = None, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str | None = None,
+        phase: str | None = None,
+        hint: str | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.job_id = job_id
+        self.phase = phase or self.default_phase
+
+
+class RequestTimeout(RylaTimeout):
+    """One call to the gateway (its retries included) ran past its deadline."""
 
 
 class ColdStartTimeout(RylaTimeout):
     """No GPU container picked the job up (or ComfyUI never became ready) in time."""
 
+    default_phase = "cold start"
+
 
 class ExecutionTimeout(RylaTimeout):
     """The job started but did not finish within the execution budget."""
+
+    default_phase = "execution"
 
 
 class CommandTimeout(RylaTimeout):

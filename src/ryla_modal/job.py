@@ -223,9 +223,15 @@ class Timings:
 
     def summary(self, **after: float | None) -> str:
         """One line: ``12.3 s: queued 0.1 s · container start 3.0 s · …``."""
-        parts = " · ".join(f"{label} {seconds:.1f} s" for label, seconds in self.labelled(**after))
-        head = f"{self.total:.1f} s" if self.total is not None else "timings"
+        parts = " · ".join(f"{label} {_span(s)}" for label, s in self.labelled(**after))
+        head = _span(self.total) if self.total is not None else "timings"
         return f"{head}: {parts}" if parts else head
+
+
+def _span(seconds: float) -> str:
+    """Milliseconds under a second (a warm job's phases are ms: ``0.0 s`` everywhere says
+    nothing), seconds with one decimal above."""
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
 @dataclass(frozen=True)

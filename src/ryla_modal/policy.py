@@ -1,22 +1,29 @@
-"""Timeouts per phase and the retry decision, in one place and free of I/O.
+"""Deadlines and the one retry loop (tenacity, configured here) for HTTP and the modal CLI.
 
-The sync and async clients share these pure functions; only "send" and "sleep" exist twice.
-Rules (DESIGN.md, "Timeouts and retries"): retry connect errors, read timeouts, protocol errors,
-408/429/502/503/504, honouring ``Retry-After`` (capped); POST /jobs is retried too because the
-client-made ``job_id`` makes it idempotent; never retry other 4xx, validation or execution errors.
+The sync and async clients and `deploy/modal_cli.py` share these; only "send" and "sleep" exist
+twice.  Rules (DESIGN.md, "Timeouts and retries"): retry connect errors, read timeouts, protocol
+errors, 408/429/502/503/504, honouring ``Retry-After`` (capped); POST /jobs is retried too because
+the client-made ``job_id`` makes it idempotent; never retry other 4xx, validation or execution
+errors.  Every retry is logged at INFO on the ``ryla_modal`` logger with attempt, delay and cause.
 """
 
 from __future__ import annotations
 
 import email.utils
+import logging
+import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
 
 from ryla_modal import defaults
+
+log = logging.getLogger("ryla_modal")
 
 RETRYABLE_STATUS = frozenset({408, 429, 502, 503, 504})
 
@@ -76,6 +83,8 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
         except (TypeError, ValueError):
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
+        return None
     return max(0.0, seconds)
 
 
@@ -106,11 +115,24 @@ def retry_delay(
 
 
 class Deadline:
-    """A monotonic point in time; ``None`` seconds means no deadline."""
+    """A monotonic point in time; ``None`` seconds means no deadline.
 
-    def __init__(self, seconds: float | None) -> None:
+    ``label`` names the budget in errors ("the cold-start budget"), so a timeout says which of
+    several nested deadlines ran out.
+    """
+
+    def __init__(self, seconds: float | None, label: str = "deadline") -> None:
         self.seconds = seconds
+        self.label = label
         self._at = None if seconds is None else time.monotonic() + seconds
+
+    @staticmethod
+    def earliest(*deadlines: Deadline) -> Deadline:
+        """The one that passes first (layered deadlines: call, phase, request)."""
+        return min(deadlines, key=lambda d: math.inf if d._at is None else d._at)
+
+    def describe(self) -> str:
+        return self.label if self.seconds is None else f"{self.label} of {self.seconds:g}s"
 
     def remaining(self) -> float | None:
         if self._at is None:
@@ -138,3 +160,101 @@ COLD_PHASES = frozenset({"waiting_for_gpu", "starting_comfyui"})
 def in_cold_start(status: str, phase: str | None) -> bool:
     """A job is in its cold start while queued or while its container boots ComfyUI."""
     return status == "queued" or (status == "running" and phase in COLD_PHASES)
+
+
+# --------------------------------------------------------------------------- the retry loop
+GIVE_UP = math.inf  # the delay `wait` stores for `stop` when no further attempt should be made
+
+
+@dataclass(frozen=True)
+class RetryNotice:
+    """One retry about to happen, as logged and as shown to people (a ``retry`` JobEvent)."""
+
+    what: str  # "POST /jobs", "modal app logs", ...
+    attempt: int  # the attempt that just failed, from 1
+    max_attempts: int
+    delay_s: float
+    cause: str
+
+    def __str__(self) -> str:
+        return (
+            f"retrying {self.what} in {self.delay_s:.1f}s"
+            f" (attempt {self.attempt} of {self.max_attempts} failed: {self.cause})"
+        )
+
+
+def retrying(
+    policy: RetryPolicy,
+    *,
+    what: str,
+    deadline: Deadline,
+    cause_of: Callable[[BaseException], str | None],
+    sleep: Callable[[float], Any] | Callable[[float], Awaitable[Any]],
+    retry_after_of: Callable[[BaseException], float | None] | None = None,
+    on_retry: Callable[[RetryNotice], None] | None = None,
+    asynchronous: bool = False,
+) -> Any:
+    """The one tenacity set-up: a `Retrying` (or `AsyncRetrying`) for one request or command.
+
+    ``cause_of(exc)`` says why ``exc`` is worth another attempt, or ``None`` when it is not.
+    The delay is decided once per attempt, in ``wait``: backoff with jitter, or the server's
+    ``Retry-After`` (capped: a longer one gives up at once), and never past ``deadline``.
+    ``stop`` only reads that decision from ``retry_state.upcoming_sleep`` (tenacity runs
+    ``wait`` first), so the delay slept is the one checked against the budget.
+    """
+
+    def wait(state: RetryCallState) -> float:
+        exc = _failure(state)
+        delay = retry_delay(
+            policy,
+            state.attempt_number,
+            retry_after=retry_after_of(exc) if retry_after_of is not None else None,
+            remaining_s=deadline.remaining(),
+        )
+        return GIVE_UP if delay is None else delay
+
+    def stop(state: RetryCallState) -> bool:
+        return state.upcoming_sleep == GIVE_UP
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = _failure(state)
+        notice = RetryNotice(
+            what,
+            state.attempt_number,
+            policy.max_attempts,
+            state.upcoming_sleep,
+            cause_of(exc) or type(exc).__name__,
+        )
+        log.info(
+            "retrying %s in %.2fs (attempt %d of %d failed: %s)",
+            notice.what,
+            notice.delay_s,
+            notice.attempt,
+            notice.max_attempts,
+            notice.cause,
+        )
+        if on_retry is not None:
+            on_retry(notice)
+
+    engine: Any = AsyncRetrying if asynchronous else Retrying
+    return engine(
+        retry=retry_if_exception(lambda exc: cause_of(exc) is not None),
+        wait=wait,
+        stop=stop,
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+def _failure(state: RetryCallState) -> BaseException:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    return exc if exc is not None else RuntimeError("no failure recorded")
+
+
+def transport_cause(exc: BaseException) -> str | None:
+    """Why an httpx failure is worth another attempt (``None``: it is not)."""
+    if not is_retryable_exception(exc):
+        return None
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

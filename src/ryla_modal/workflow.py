@@ -23,14 +23,14 @@ import json
 import math
 import random
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeAlias
 
 from ryla_modal.defaults import WORKFLOW_MAX_BYTES, WORKFLOW_MAX_DEPTH, WORKFLOW_MAX_NODES
-from ryla_modal.errors import WorkflowFormatError
+from ryla_modal.errors import ConfigError, RylaError, WorkflowFormatError
 
 __all__ = [
     "RANDOM_SEED_BOUND",
@@ -42,6 +42,7 @@ __all__ = [
     "WorkflowSource",
     "apply_overrides",
     "is_ui_format",
+    "load_for_deployment",
     "load_workflow",
     "parse_override",
     "resolve_node",
@@ -94,6 +95,49 @@ def load_workflow(
     graph, label = _load(source, max_bytes=max_bytes, source_name=source_name)
     validate_structure(graph, source=label, max_nodes=max_nodes)
     return graph
+
+
+def load_for_deployment(source: str, object_info: Callable[[], Mapping[str, Any]]) -> Workflow:
+    """Load a workflow file as API format, converting a UI-format file on the way.
+
+    Conversion needs the deployment's node definitions; ``object_info`` fetches them, and is
+    called only for a UI-format file.  When it fails, the error says how to make the deployment
+    reachable, or how to export the API format instead.
+    """
+    try:
+        return Workflow.load(source)
+    except WorkflowFormatError as exc:
+        raw = _read_json_quietly(source)
+        if raw is None or not is_ui_format(raw):
+            raise
+        try:
+            info = object_info()
+        except ConfigError as inner:  # no endpoint: say how to get one
+            raise WorkflowFormatError(
+                f"{source} is a UI-format workflow; converting it needs a deployment's node"
+                f" definitions, and {inner.message}",
+                hint="deploy one (`ryla deploy`) or pass --endpoint URL; or export the API"
+                " format: Workflow → Export (API) in ComfyUI",
+            ) from exc
+        except RylaError as inner:
+            raise WorkflowFormatError(
+                f"{source} is a UI-format workflow; converting it needs the deployment's node"
+                f" definitions, but the server could not be asked: {inner.message}",
+                hint="check --endpoint (`ryla health` asks it), or export the API format:"
+                " Workflow → Export (API) in ComfyUI",
+            ) from exc
+        from ryla_modal.ui_convert import convert_ui_workflow
+
+        return Workflow(convert_ui_workflow(raw, info, source=source), source=source)
+
+
+def _read_json_quietly(source: str) -> Any:
+    if source == "-":
+        return None
+    try:
+        return json.loads(Path(source).read_bytes())
+    except (OSError, ValueError):
+        return None
 
 
 def _load(

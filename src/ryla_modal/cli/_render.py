@@ -3,7 +3,7 @@
 Three renderers with one interface (``event(label, JobEvent)``, ``close()``):
 - `LiveRenderer`: a rich progress display on a terminal — the phase with elapsed time, node i/n
   and its type, a sampler step bar — one row per job;
-- `PlainRenderer`: one stderr line per change, for logs and CI (no terminal);
+- `PlainRenderer`: one stderr line per change (and per retry), for logs and CI (no terminal);
 - `JsonRenderer`: NDJSON events on stdout for scripts.
 """
 
@@ -63,9 +63,28 @@ class Renderer(Protocol):
     def close(self) -> None: ...
 
 
+def retry_json(label: str, ev: JobEvent) -> dict[str, Any]:
+    """A retry as NDJSON: what is retried, after which attempt, the delay and the cause."""
+    r = ev.retry
+    assert r is not None
+    return {
+        "type": "retry",
+        "label": label,
+        "job_id": ev.job_id,
+        "what": r.what,
+        "attempt": r.attempt,
+        "max_attempts": r.max_attempts,
+        "delay_s": round(r.delay_s, 3),
+        "cause": r.cause,
+        "elapsed_s": round(ev.elapsed_s, 3),
+    }
+
+
 def event_json(label: str, ev: JobEvent) -> dict[str, Any]:
     """The NDJSON shape of one event (documented in `ryla generate --help`)."""
     job = ev.job
+    if ev.retry is not None or job is None:
+        return retry_json(label, ev)
     data: dict[str, Any] = {
         "type": ev.kind,
         "label": label,
@@ -101,6 +120,9 @@ class PlainRenderer:
         self._last: dict[str, str] = {}
 
     def event(self, label: str, ev: JobEvent) -> None:
+        if ev.retry is not None or ev.job is None:
+            note(f"[{label}] {_clock(ev.elapsed_s)} {ev.retry}")
+            return
         if ev.kind == "saved" and ev.output is not None:
             note(f"[{label}] saved {ev.output.path}")
             return
@@ -148,6 +170,9 @@ class LiveRenderer:
             task = self._progress.add_task("submitting", total=None, label=label)
             self._tasks[label] = task
         job = ev.job
+        if ev.retry is not None or job is None:
+            self._progress.console.print(f"{label} {ev.retry}", markup=False, highlight=False)
+            return
         p = job.progress
         if ev.kind == "saved" and ev.output is not None:
             self._progress.console.print(f"saved {ev.output.path}", markup=False, highlight=False)

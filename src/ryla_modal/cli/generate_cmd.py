@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,9 @@ _IMAGE_MAGIC = {
 }
 
 
+_UNWIND_S = 5.0  # after Ctrl-C, threads get this long to remove their partial downloads
+
+
 @dataclass
 class _Plan:
     label: str
@@ -74,6 +78,7 @@ class _Plan:
     result: GenerateResult | None = None
     error: RylaError | None = None
     finished: bool = False
+    interrupted: bool = False  # still running when Ctrl-C came (its thread then unwound)
     downloaded_s: float | None = None  # the client's own phase, after the job's timings
 
 
@@ -181,10 +186,11 @@ def generate_cmd(
         endpoint, cold_start_timeout=cold_start_timeout, execution_timeout=execution_timeout
     )
     from ryla_modal.cli._render import make_renderer
+    from ryla_modal.cli._signals import sigterm_as_interrupt
 
     renderer = make_renderer(as_json=as_json)
     try:
-        with client:
+        with sigterm_as_interrupt(), client:
             _run(
                 client,
                 plans,
@@ -199,7 +205,7 @@ def generate_cmd(
             )
     except KeyboardInterrupt:
         renderer.close()
-        pending = [p for p in plans if not p.finished]
+        pending = [p for p in plans if not p.finished or p.interrupted]
         note("stopped waiting; the jobs keep running. Resume with:")
         for plan in pending:
             note("  " + command_line("jobs", "wait", plan.job_id, endpoint=endpoint, out=out))
@@ -277,47 +283,15 @@ def _parse_seed(seed: str | None) -> int | None:
 
 def load_for_endpoint(source: str, endpoint: str | None) -> Workflow:
     """Load API format; convert UI format with the deployment's object_info."""
-    from ryla_modal.errors import ConfigError, WorkflowFormatError
-    from ryla_modal.workflow import Workflow, is_ui_format
+    from ryla_modal.workflow import load_for_deployment
 
-    try:
-        return Workflow.load(source)
-    except WorkflowFormatError as exc:
-        raw = _read_json_quietly(source)
-        if raw is None or not is_ui_format(raw):
-            raise
+    def object_info() -> dict[str, Any]:
         from ryla_modal.client import RylaClient
-        from ryla_modal.ui_convert import convert_ui_workflow
 
-        try:
-            with RylaClient(endpoint) as client:
-                object_info = client.object_info()
-        except ConfigError as inner:  # no endpoint: say how to get one
-            raise WorkflowFormatError(
-                f"{source} is a UI-format workflow; converting it needs a deployment's node"
-                f" definitions, and {inner.message}",
-                hint="deploy one (`ryla deploy`) or pass --endpoint URL; or export the API"
-                " format: Workflow → Export (API) in ComfyUI",
-            ) from exc
-        except RylaError as inner:
-            raise WorkflowFormatError(
-                f"{source} is a UI-format workflow; converting it needs the deployment's node"
-                f" definitions, but the server could not be asked: {inner.message}",
-                hint="check the endpoint (`ryla health`), or export the API format:"
-                " Workflow → Export (API) in ComfyUI",
-            ) from exc
-        return Workflow(convert_ui_workflow(raw, object_info, source=source), source=source)
+        with RylaClient(endpoint) as client:
+            return client.object_info()
 
-
-def _read_json_quietly(source: str) -> Any:
-    import json
-
-    if source == "-":
-        return None
-    try:
-        return json.loads(Path(source).read_bytes())
-    except (OSError, ValueError):
-        return None
+    return load_for_deployment(source, object_info)
 
 
 def _plans(wf: Workflow, seed: str | None, base: int | None, count: int) -> list[_Plan]:
@@ -350,8 +324,9 @@ def _run(
     """Run the plans, ``concurrency`` at a time, on daemon threads.
 
     The sync client (one httpx pool, thread-safe) keeps a one-job run free of asyncio's start-up
-    cost.  Daemon threads, because Ctrl-C must return at once and leave the jobs running: a
-    thread blocked in a long poll is abandoned, not joined.
+    cost.  On Ctrl-C (or SIGTERM) the jobs keep running on the server; closing the client stops
+    every request in flight at once, so each thread unwinds and removes its partial download,
+    and the threads get a short, bounded wait for that.
     """
     import threading
 
@@ -391,12 +366,30 @@ def _run(
     if len(plans) == 1:
         one(plans[0])
         return
-    threads = [threading.Thread(target=one, args=(p,), daemon=True) for p in plans]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():  # joined in slices so Ctrl-C reaches this thread promptly
-            t.join(timeout=0.2)
+    # Waiting is done on Events, not Thread.join: a join interrupted by Ctrl-C marks the thread
+    # as stopped although it still runs (CPython 3.11/3.12), and the unwind below would not wait.
+    done = [threading.Event() for _ in plans]
+
+    def tracked(plan: _Plan, finished: threading.Event) -> None:
+        try:
+            one(plan)
+        finally:
+            finished.set()
+
+    for plan, finished in zip(plans, done, strict=True):
+        threading.Thread(target=tracked, args=(plan, finished), daemon=True).start()
+    try:
+        for finished in done:  # each job ends by its own deadlines; slices keep Ctrl-C prompt
+            while not finished.wait(timeout=0.2):
+                pass
+    except KeyboardInterrupt:
+        for plan in plans:
+            plan.interrupted = not plan.finished
+        client.close()
+        give_up_at = time.monotonic() + _UNWIND_S
+        for finished in done:
+            finished.wait(timeout=max(0.0, give_up_at - time.monotonic()))
+        raise
 
 
 def _report(

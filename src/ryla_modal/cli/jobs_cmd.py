@@ -240,10 +240,11 @@ def wait_cmd(
     endpoint: opt.Endpoint = None,
 ) -> int:
     from ryla_modal.cli._render import make_renderer
+    from ryla_modal.cli._signals import sigterm_as_interrupt
 
     renderer = make_renderer(as_json=as_json)
     try:
-        with _client(endpoint) as client:
+        with sigterm_as_interrupt(), _client(endpoint) as client:
             job = client.wait(
                 job_id,
                 on_event=lambda ev: renderer.event("job", ev),

@@ -559,20 +559,21 @@ class ModalCLI:
 
         Returns the last attempt's result (whatever its outcome) and the number of attempts.
         """
-        import tenacity  # here, not at module level: `ryla --help` stays fast
+        # here, not at module level: `ryla --help` stays fast (policy imports tenacity)
+        from ryla_modal.policy import Deadline, RetryPolicy, retrying
 
         if budget <= 0:
             raise ValueError(f"timeout must be positive, got {budget}")
         check_token(self._env)
         argv = [*(self._command or modal_command()), *args]
         env = _child_env(self._env)
-        deadline = time.monotonic() + budget
+        deadline = Deadline(max(0.0, budget - _MIN_ATTEMPT_S), "timeout")
         attempts = 0
         last: CommandResult | None = None
 
         def attempt() -> None:
             nonlocal attempts, last
-            left = deadline - time.monotonic()
+            left = (deadline.remaining() or 0.0) + _MIN_ATTEMPT_S
             if left <= _MIN_ATTEMPT_S:
                 return  # the backoff used the rest of the budget: keep the previous result
             attempts += 1
@@ -596,24 +597,20 @@ class ModalCLI:
             if classify(last) == "transient":
                 raise _Transient(last)
 
-        def sleep(seconds: float) -> None:
-            # Never sleep past the deadline; the next attempt sees the time left.
-            time.sleep(max(0.0, min(seconds, deadline - time.monotonic() - _MIN_ATTEMPT_S)))
-
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.retries + 1)
-            | tenacity.stop_after_delay(max(0.0, budget - _MIN_ATTEMPT_S)),
-            wait=tenacity.wait_random_exponential(
-                multiplier=self.retry_wait_multiplier, max=self.retry_wait_max
-            ),
-            retry=tenacity.retry_if_exception_type(_Transient),
-            sleep=sleep,
-            reraise=True,
+        policy = RetryPolicy(
+            max_attempts=self.retries + 1,
+            initial_delay_s=self.retry_wait_multiplier,
+            max_delay_s=self.retry_wait_max,
+        )
+        retry = retrying(
+            policy,
+            what=" ".join(["modal", *args[:2]]),
+            deadline=deadline,
+            cause_of=lambda exc: str(exc) if isinstance(exc, _Transient) else None,
+            sleep=time.sleep,
         )
         with contextlib.suppress(_Transient):
-            for try_ in retrying:
-                with try_:
-                    attempt()
+            retry(attempt)
         if last is None:  # a budget too small to start even one attempt
             raise CommandTimeout(f"no time left to run {' '.join(redact(argv))}")
         return last, attempts

@@ -27,9 +27,7 @@ from ryla_modal.job import (
     WebhookState,
 )
 
-#: Job ids end up in URLs, file names and ComfyUI's prompt_id: a UUID fits, so does any short
-#: token of letters, digits, ``-`` and ``_``.
-JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+JOB_ID_PATTERN = defaults.JOB_ID_PATTERN  # the client checks ids against the same charset
 #: An input file is uploaded into ComfyUI's input folder under this name: a plain file name.
 INPUT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
