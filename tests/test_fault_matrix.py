@@ -16,7 +16,6 @@ or mute real processes (the stand-in, ``ryla serve``, the ``ryla`` CLI).
 from __future__ import annotations
 
 import email.utils
-import inspect
 import json
 import os
 import resource
@@ -49,8 +48,6 @@ __all__ = ["launch_serve"]  # the fixture, shared with test_serve_cli
 REPO = Path(__file__).resolve().parent.parent
 HANG_GUARD_S = 1.0
 FAST = RetryPolicy(max_attempts=6, initial_delay_s=0.05, max_delay_s=0.3, retry_after_cap_s=5.0)
-NEEDS_DEADLINES = "needs total deadlines (client branch)"
-LOOP_ESCAPES = "a 303 loop escapes the client as httpx.TooManyRedirects (client.py)"
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -113,50 +110,44 @@ class World:
         return job_id
 
 
-def _deadline_kw(method: Callable[..., Any], seconds: float) -> dict[str, Any]:
-    """``timeout=seconds`` where the client takes a per-call total deadline."""
-    return {"timeout": seconds} if "timeout" in inspect.signature(method).parameters else {}
-
-
 # --- calls -------------------------------------------------------------------------------------
 
 
 def call_health(w: World, deadline: float) -> object:
     with w.client() as c:
-        return c.health(**_deadline_kw(c.health, deadline))
+        return c.health(timeout=deadline)
 
 
 def call_status(w: World, deadline: float) -> object:
     with w.client() as c:
-        return c.status(w.done_job, **_deadline_kw(c.status, deadline))
+        return c.status(w.done_job, timeout=deadline)
 
 
 def call_submit(w: World, deadline: float) -> object:
     job_id = w.new_job()
     with w.client() as c:
-        kw = _deadline_kw(c.submit, deadline)
-        return c.submit(simple_workflow(unique("mx")), job_id=job_id, **kw)
+        return c.submit(simple_workflow(unique("mx")), job_id=job_id, timeout=deadline)
 
 
 def call_generate(w: World, deadline: float) -> object:
     job_id = w.new_job()
     with w.client() as c:
-        kw = _deadline_kw(c.generate, deadline)
-        return c.generate(simple_workflow(unique("mx")), job_id=job_id, out_dir=w.out, **kw)
+        return c.generate(
+            simple_workflow(unique("mx")), job_id=job_id, out_dir=w.out, timeout=deadline
+        )
 
 
 def call_slow_generate(w: World, deadline: float) -> object:
     job_id = w.new_job()
     wf = slow_workflow("stub", unique("mx"), steps=10, step_seconds=0.1)
     with w.client() as c:
-        kw = _deadline_kw(c.generate, deadline)
-        return c.generate(wf, job_id=job_id, out_dir=w.out, **kw)
+        return c.generate(wf, job_id=job_id, out_dir=w.out, timeout=deadline)
 
 
 def call_download(w: World, deadline: float) -> object:
     with w.client() as c:
         job = c.status(w.done_job)
-        return c.download(job, w.out, **_deadline_kw(c.download, deadline))
+        return c.download(job, w.out, timeout=deadline)
 
 
 def call_wait(w: World, deadline: float) -> object:
@@ -207,24 +198,21 @@ class Row:
     call: Callable[[World, float], object]
     raises: type[BaseException] | None  # None: the call succeeds
     deadline: float = 4.0
-    needs: str | None = None  # a reason this row is expected to fail for now (strict xfail)
 
 
 NET_ROWS = [
     Row("refused x health", refused, call_health, EndpointUnavailable),
     Row("refused x generate", refused, call_generate, EndpointUnavailable),
-    Row("silence x health", arm("GET", "/health", "silence"), call_health, RylaTimeout, 2.0,
-        NEEDS_DEADLINES),
-    Row("silence x submit", arm("POST", "/jobs", "silence"), call_submit, RylaTimeout, 2.0,
-        NEEDS_DEADLINES),
+    Row("silence x health", arm("GET", "/health", "silence"), call_health, RylaTimeout, 2.0),
+    Row("silence x submit", arm("POST", "/jobs", "silence"), call_submit, RylaTimeout, 2.0),
     Row("trickle x status", arm("GET", JOB, "trickle", delay_s=0.2), call_status, RylaTimeout,
-        2.0, NEEDS_DEADLINES),
+        2.0),
     Row("trickle x download", arm("GET", OUTPUT, "trickle", delay_s=0.2), call_download,
-        RylaTimeout, 2.0, NEEDS_DEADLINES),
+        RylaTimeout, 2.0),
     Row("headers then silence x health", arm("GET", "/health", "headers_then_silence"),
-        call_health, RylaTimeout, 2.0, NEEDS_DEADLINES),
+        call_health, RylaTimeout, 2.0),
     Row("headers then silence x download", arm("GET", OUTPUT, "headers_then_silence"),
-        call_download, RylaTimeout, 2.0, NEEDS_DEADLINES),
+        call_download, RylaTimeout, 2.0),
     Row("reset before the request x generate", reset_connects(2), call_generate, None),
     Row("reset before forwarding x submit", arm("POST", "/jobs", "reset", times=2), call_submit,
         None),
@@ -249,7 +237,7 @@ NET_ROWS = [
         call_health, EndpointUnavailable),
     Row("303 chain x generate", arm("POST", "/jobs", "redirect", hops=4), call_generate, None),
     Row("303 loop x health", arm("GET", "/health", "redirect_loop", times=99), call_health,
-        EndpointUnavailable, needs=LOOP_ESCAPES),
+        EndpointUnavailable),
     Row("truncated JSON x status", arm("GET", JOB, "truncate_json"), call_status,
         EndpointUnavailable),
     Row("HTML error page x generate", arm("POST", "/jobs", "html", status=502, times=2),
@@ -260,8 +248,7 @@ NET_ROWS = [
 
 
 def _param(row: Row) -> Any:
-    marks = [pytest.mark.xfail(strict=True, reason=row.needs)] if row.needs else []
-    return pytest.param(row, id=row.id, marks=marks)
+    return pytest.param(row, id=row.id)
 
 
 @pytest.mark.parametrize("row", [_param(r) for r in NET_ROWS])
@@ -406,11 +393,7 @@ def _small_files() -> None:
     [
         ("disk full while saving", 1),
         ("Ctrl-C mid-download", 130),
-        pytest.param(
-            "SIGTERM mid-download",
-            143,
-            marks=pytest.mark.xfail(strict=True, reason="needs SIGTERM cleanup (client branch)"),
-        ),
+        ("SIGTERM mid-download", 130),  # SIGTERM is taken as Ctrl-C: interrupted, cleaned up
     ],
 )
 def test_cli_fault(case: str, code: int, stack: Stack, tmp_path: Path) -> None:
