@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from ryla_modal.client import RylaClient
 from tests.conftest import ComfyServer, stub_process, unique
 from tests.fakes.modal_control import FakeModalControl
 from tests.gateway_fixtures import TOKEN, Gateway, running_gateway
@@ -30,13 +29,6 @@ from tests.gateway_fixtures import TOKEN, Gateway, running_gateway
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "examples" / "workflows" / "demo_model_free.json"
 
-needs_list = pytest.mark.skipif(
-    not hasattr(RylaClient, "list_jobs"), reason="RylaClient.list_jobs and GET /jobs not merged"
-)
-needs_logs = pytest.mark.skipif(
-    not hasattr(RylaClient, "job_logs"),
-    reason="RylaClient.job_logs and GET /jobs/{id}/logs not merged",
-)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +105,6 @@ def test_jobs_show_prints_the_timings(gateway: Gateway, tmp_path: Path) -> None:
     assert json.loads(as_json.stdout)["timings"]
 
 
-@needs_list
 def test_jobs_list_is_a_table_newest_first(gateway: Gateway, tmp_path: Path) -> None:
     first, second = run_job(gateway, tmp_path), run_job(gateway, tmp_path)
     proc = ryla("jobs", "list", "--endpoint", gateway.url, env=env_for(tmp_path), cwd=tmp_path)
@@ -126,7 +117,6 @@ def test_jobs_list_is_a_table_newest_first(gateway: Gateway, tmp_path: Path) -> 
     assert row[1] == "succeeded" and row[-1] == "1"
 
 
-@needs_list
 def test_jobs_list_pages_with_a_command_that_works_when_pasted(
     gateway: Gateway, tmp_path: Path
 ) -> None:
@@ -144,7 +134,6 @@ def test_jobs_list_pages_with_a_command_that_works_when_pasted(
     assert page2.stdout.splitlines()[1].split()[0] != proc.stdout.splitlines()[1].split()[0]
 
 
-@needs_list
 def test_jobs_list_json_and_status_filter(gateway: Gateway, tmp_path: Path) -> None:
     job_id = run_job(gateway, tmp_path)
     env = env_for(tmp_path)
@@ -159,7 +148,6 @@ def test_jobs_list_json_and_status_filter(gateway: Gateway, tmp_path: Path) -> N
     assert bad.returncode == 2 and "--status" in bad.stderr
 
 
-@needs_logs
 def test_jobs_logs_of_a_local_job(gateway: Gateway, tmp_path: Path) -> None:
     job_id = run_job(gateway, tmp_path)
     env = env_for(tmp_path)
@@ -191,7 +179,6 @@ class _ModalJobLogs(BaseHTTPRequestHandler):
         return None
 
 
-@needs_logs
 def test_jobs_logs_of_a_modal_job_asks_modal_for_its_function_call(tmp_path: Path) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ModalJobLogs)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

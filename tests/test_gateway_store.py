@@ -90,6 +90,15 @@ def test_list_filters_by_status_oldest_first(store: JobStore) -> None:
     assert store.list(status="succeeded") == []
 
 
+def test_count_agrees_with_list(store: JobStore) -> None:
+    for i in range(3):
+        store.create_if_absent(record(f"c{i}"))
+    store.update("c1", status="running")
+    store.update("c2", status="failed")
+    for wanted in (None, "running", {"queued", "running"}, "succeeded"):
+        assert store.count(wanted) == len(store.list(wanted)), wanted
+
+
 def test_outputs_round_trip(store: JobStore, tmp_path: Path) -> None:
     store.create_if_absent(record())
     src = tmp_path / "src.bin"

@@ -492,6 +492,11 @@ class _Core:
                 f"could not reach {self.settings.endpoint}: {type(exc).__name__}: {exc}",
                 hint="check the endpoint (`ryla health`) and your network",
             )
+        if isinstance(exc, httpx.TooManyRedirects):
+            return EndpointUnavailable(
+                f"{self.settings.endpoint} redirected {step.phase} too many times (a loop?): {exc}",
+                hint="check the endpoint URL: it should be the gateway's own address",
+            )
         return exc
 
     def timed_out(self, phase: str, deadline: Deadline, job_id: str | None) -> RylaTimeout:

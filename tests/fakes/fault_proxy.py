@@ -9,7 +9,18 @@ misbehaves the way real networks and Modal's web endpoints do:
 - ``drop_response``: forward (the gateway accepts the request), then reset instead of answering —
   the lost-response case that must not start a second job;
 - ``redirect``: forward, keep the answer, and reply ``303`` to a result URL that serves it, as
-  Modal does for requests still running after 150 s.
+  Modal does for requests still running after 150 s (``hops`` > 1: a chain of 303s to it);
+- ``redirect_loop``: answer ``303`` to a URL that answers ``303`` to itself, forever;
+- ``silence``: read the request, never answer, keep the connection open;
+- ``trickle``: forward, then send the answer one byte every ``delay_s``;
+- ``headers_then_silence``: forward, send the status line and headers, then nothing;
+- ``reset_mid_body``: forward, send the head and half the body, then reset;
+- ``truncate_json``: forward, answer 200 with the first half of the body (a matching
+  Content-Length: valid HTTP, broken JSON);
+- ``html``: answer ``status`` with an HTML error page, as a proxy in front of a gateway does.
+
+``reset_connects(n)`` resets the next ``n`` connections as soon as they are accepted, before a
+request is read.
 
 Usage::
 
@@ -39,6 +50,7 @@ class Fault:
     status: int = 503
     retry_after: str | None = None
     delay_s: float = 0.0
+    hops: int = 1
     hits: int = 0
 
 
@@ -68,6 +80,8 @@ class FaultProxy:
         self.log = ProxyLog()
         self._results: dict[str, bytes] = {}
         self._lock = threading.Lock()
+        self._reset_connects = 0
+        self._held: list[asyncio.StreamWriter] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
@@ -88,8 +102,9 @@ class FaultProxy:
         status: int = 503,
         retry_after: str | None = None,
         delay_s: float = 0.0,
+        hops: int = 1,
     ) -> Fault:
-        if action not in {"delay", "status", "reset", "drop_response", "redirect"}:
+        if action not in ACTIONS:
             raise ValueError(f"unknown fault action {action!r}")
         fault = Fault(
             method.upper(),
@@ -99,6 +114,7 @@ class FaultProxy:
             status=status,
             retry_after=retry_after,
             delay_s=delay_s,
+            hops=hops,
         )
         with self._lock:
             self.faults.append(fault)
@@ -107,6 +123,19 @@ class FaultProxy:
     def clear(self) -> None:
         with self._lock:
             self.faults.clear()
+            self._reset_connects = 0
+
+    def reset_connects(self, n: int) -> None:
+        """Reset the next ``n`` connections right after accepting them."""
+        with self._lock:
+            self._reset_connects = n
+
+    def _take_connect_reset(self) -> bool:
+        with self._lock:
+            if self._reset_connects > 0:
+                self._reset_connects -= 1
+                return True
+        return False
 
     def _take_fault(self, req: _Request) -> Fault | None:
         with self._lock:
@@ -208,6 +237,32 @@ class FaultProxy:
                 await writer.wait_closed()
         return _dechunk(raw)
 
+    async def _misdeliver(
+        self, fault: Fault, response: bytes, writer: asyncio.StreamWriter
+    ) -> None:
+        """Deliver a forwarded answer badly (trickle, cut, broken); the connection ends after."""
+        head, _, body = response.partition(b"\r\n\r\n")
+        head += b"\r\n\r\n"
+        if fault.action == "trickle":
+            for i in range(len(response)):
+                writer.write(response[i : i + 1])
+                await writer.drain()
+                await asyncio.sleep(fault.delay_s)
+        elif fault.action == "headers_then_silence":
+            writer.write(head)
+            await writer.drain()
+            self._held.append(writer)
+            await asyncio.Event().wait()
+        elif fault.action == "reset_mid_body":
+            writer.write(head + body[: len(body) // 2])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            self._reset(writer)
+        elif fault.action == "truncate_json":
+            cut = body[: max(1, len(body) // 2)]
+            writer.write(_simple(200, cut))
+            await writer.drain()
+
     @staticmethod
     def _reset(writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
@@ -217,11 +272,28 @@ class FaultProxy:
         writer.transport.abort()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._take_connect_reset():
+            self.log.seen.append(("-", "-", "reset_connect"))
+            self._reset(writer)
+            return
         try:
             while True:
                 req = await self._read_request(reader)
                 if req is None:
                     break
+                if req.path.startswith("/_proxy/loop/"):
+                    self.log.seen.append((req.method, req.target, "loop"))
+                    writer.write(_simple(303, b"", {"Location": req.path}))
+                    await writer.drain()
+                    continue
+                if req.path.startswith("/_proxy/hop/"):
+                    _, _, _, token, left = req.path.split("/", 4)
+                    n = int(left)
+                    self.log.seen.append((req.method, req.target, "hop"))
+                    where = f"/_proxy/hop/{token}/{n - 1}" if n > 1 else f"/_proxy/result/{token}"
+                    writer.write(_simple(303, b"", {"Location": where}))
+                    await writer.drain()
+                    continue
                 if req.path.startswith("/_proxy/result/"):
                     stored = self._results.pop(req.path.rsplit("/", 1)[-1], None)
                     self.log.seen.append((req.method, req.target, "result"))
@@ -234,6 +306,22 @@ class FaultProxy:
                 if fault is not None and fault.action == "reset":
                     self._reset(writer)
                     return
+                if fault is not None and fault.action == "silence":
+                    self._held.append(writer)  # closed when the proxy stops
+                    await asyncio.Event().wait()
+                if fault is not None and fault.action == "redirect_loop":
+                    writer.write(_simple(303, b"", {"Location": "/_proxy/loop/x"}))
+                    await writer.drain()
+                    continue
+                if fault is not None and fault.action == "html":
+                    page = (
+                        b"<html><head><title>502 Bad Gateway</title></head><body><center>"
+                        b"<h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+                    )
+                    extra = {"Content-Type": "text/html"}
+                    writer.write(_simple(fault.status, page, extra, json_type=False))
+                    await writer.drain()
+                    continue
                 if fault is not None and fault.action == "status":
                     extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
                     writer.write(_simple(fault.status, b'{"error": "injected"}', extra))
@@ -248,9 +336,17 @@ class FaultProxy:
                 if fault is not None and fault.action == "redirect":
                     token = uuid.uuid4().hex
                     self._results[token] = response
-                    writer.write(_simple(303, b"", {"Location": f"/_proxy/result/{token}"}))
+                    where = (
+                        f"/_proxy/hop/{token}/{fault.hops - 1}"
+                        if fault.hops > 1
+                        else f"/_proxy/result/{token}"
+                    )
+                    writer.write(_simple(303, b"", {"Location": where}))
                     await writer.drain()
                     continue
+                if fault is not None and fault.action in BODY_ACTIONS:
+                    await self._misdeliver(fault, response, writer)
+                    return
                 writer.write(response)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -260,11 +356,33 @@ class FaultProxy:
                 writer.close()
 
 
-def _simple(status: int, body: bytes, headers: dict[str, str] | None = None) -> bytes:
-    reasons = {303: "See Other", 404: "Not Found", 429: "Too Many Requests"}
+ACTIONS = frozenset(
+    {
+        "delay",
+        "status",
+        "reset",
+        "drop_response",
+        "redirect",
+        "redirect_loop",
+        "silence",
+        "trickle",
+        "headers_then_silence",
+        "reset_mid_body",
+        "truncate_json",
+        "html",
+    }
+)
+BODY_ACTIONS = frozenset({"trickle", "headers_then_silence", "reset_mid_body", "truncate_json"})
+
+
+def _simple(
+    status: int, body: bytes, headers: dict[str, str] | None = None, *, json_type: bool = True
+) -> bytes:
+    reasons = {200: "OK", 303: "See Other", 404: "Not Found", 429: "Too Many Requests"}
+    reasons |= {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
     reason = reasons.get(status, "Error")
     head = f"HTTP/1.1 {status} {reason}\r\ncontent-length: {len(body)}\r\n"
-    head += "content-type: application/json\r\n" if body else ""
+    head += "content-type: application/json\r\n" if body and json_type else ""
     for k, v in (headers or {}).items():
         head += f"{k}: {v}\r\n"
     return head.encode("latin-1") + b"\r\n" + body

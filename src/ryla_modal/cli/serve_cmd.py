@@ -35,8 +35,11 @@ Develop and test a workflow before paying for a GPU: `ryla generate --endpoint U
 Python client talk to it exactly as to the Modal deployment.  Give --comfyui-dir (a ComfyUI
 checkout that ryla launches and stops) or --comfyui-url (a ComfyUI that already runs).
 
-Job records and output files live in --data-dir and survive a restart; jobs that were running
-when the server stopped are marked failed with the reason.  Binding an address other than
+Job records and output files live in --data-dir and survive a restart.  On start, jobs the last
+run left unfinished are re-adopted from ComfyUI (its prompt ids are our job ids): running and
+queued ones are followed to the end, finished ones collected; only jobs ComfyUI never saw are
+marked failed.  A ComfyUI that ryla launched is restarted with backoff if it dies (`ryla health`
+shows it), and never outlives `ryla serve`.  Binding an address other than
 loopback needs a token: set RYLA_TOKEN (clients send it as `Authorization: Bearer ...`).
 
 Jobs may ask for a webhook when RYLA_WEBHOOK_SECRET holds a signing secret (whsec_...).

@@ -133,6 +133,19 @@ class SocketClosed(Exception):
     """The event socket is gone; the caller falls back to polling /history."""
 
 
+class JobDetached(Exception):
+    """The server stops following a prompt it leaves to ComfyUI (``detach`` was set).
+
+    ``submitted``: ComfyUI has the prompt, so the next server start re-adopts it by its id;
+    otherwise nothing reached ComfyUI.
+    """
+
+    def __init__(self, prompt_id: str, *, submitted: bool) -> None:
+        super().__init__(f"stopped following prompt {prompt_id} (submitted: {submitted})")
+        self.prompt_id = prompt_id
+        self.submitted = submitted
+
+
 # --- pure helpers: errors and outputs from ComfyUI's answers -----------------------------------
 
 
@@ -550,6 +563,7 @@ def follow_prompt(
     poll_s: float = defaults.COMFY_HISTORY_POLL_S,
     on_frame: FrameCallback | None = None,
     on_socket_lost: Callable[[], None] | None = None,
+    detach: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Wait until ``prompt_id`` is finished and return its history entry (success or not).
 
@@ -560,13 +574,15 @@ def follow_prompt(
     reopened now and then.  ``check_alive`` (the process watch) runs every iteration, so a dead
     ComfyUI is reported within about ``poll_s``.  Raises ExecutionTimeout at ``deadline`` (after
     interrupting the prompt), JobCancelled when ``cancel`` is set and ComfyUI confirms it or the
-    prompt vanished from the queue, ComfyUIUnavailable when ComfyUI is gone.
+    prompt vanished from the queue, ComfyUIUnavailable when ComfyUI is gone, JobDetached
+    (leaving the prompt alone) when ``detach`` is set.
     """
     w = _Follower(api, prompt_id, socket, client_id, on_event, check_alive, cancel, poll_s)
     w.on_frame = on_frame
     w.on_socket_lost = on_socket_lost
     if socket is None and on_socket_lost is not None:
         on_socket_lost()
+    w.detach = detach
     try:
         return w.run(deadline)
     finally:
@@ -602,10 +618,13 @@ class _Follower:
         self.unreachable_since: float | None = None
         self.on_frame: FrameCallback | None = None
         self.on_socket_lost: Callable[[], None] | None = None
+        self.detach: threading.Event | None = None
 
     def run(self, deadline: float) -> dict[str, Any]:
         while True:
             now = time.monotonic()
+            if self.detach is not None and self.detach.is_set():
+                raise JobDetached(self.prompt_id, submitted=True)
             if self.check_alive is not None:
                 self.check_alive()
             self._handle_cancel(now)

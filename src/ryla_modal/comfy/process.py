@@ -14,7 +14,9 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import logging
 import os
 import re
 import signal
@@ -22,8 +24,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -35,6 +39,35 @@ from ryla_modal.errors import ComfyUIUnavailable, ConfigError
 
 _TAIL_BLOCK = 8192
 _TAIL_MAX_BYTES = 256 * 1024
+_PR_SET_PDEATHSIG = 1
+_SILENT_PROBES = 2  # probes in a row without an answer before ComfyUI counts as unresponsive
+
+log = logging.getLogger("ryla_modal.comfy")
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux SIGKILL the child when the forking thread ends.
+
+    ``prctl(PR_SET_PDEATHSIG)`` fires when the *thread* that forked exits, not the process:
+    whoever passes this must fork from a thread that lives as long as the child should (the
+    main thread, or ``ComfyMonitor``'s).  libc is looked up here, before the fork, so the child
+    only calls a function pointer.  None off Linux (no such call; the process group stop is
+    all there is).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody would stop us
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
 
 
 def free_port(host: str = defaults.COMFY_HOST) -> int:
@@ -144,6 +177,7 @@ class ComfyProcess:
         extra_args: Sequence[str] = (),
         log_path: Path | None = None,
         env: Mapping[str, str] | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         if not command:
             raise ConfigError("ComfyProcess needs a command to run (e.g. [python, 'main.py'])")
@@ -159,6 +193,8 @@ class ComfyProcess:
             *extra_args,
         ]
         self._extra_env = dict(env or {})
+        #: SIGKILL ComfyUI when the thread that launched it ends (``ryla serve`` SIGKILLed)
+        self.die_with_parent = die_with_parent
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="comfyui-", suffix=".log")
             os.close(fd)
@@ -178,6 +214,7 @@ class ComfyProcess:
         extra_args: Sequence[str] = (),
         log_path: Path | None = None,
         env: Mapping[str, str] | None = None,
+        die_with_parent: bool = False,
     ) -> ComfyProcess:
         """A process running ``python main.py`` inside a ComfyUI checkout."""
         comfyui_dir = Path(comfyui_dir)
@@ -191,6 +228,7 @@ class ComfyProcess:
             extra_args=extra_args,
             log_path=log_path,
             env=env,
+            die_with_parent=die_with_parent,
         )
 
     # --- facts ------------------------------------------------------------------------------
@@ -273,6 +311,7 @@ class ComfyProcess:
                 stdout=self._log_fh,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent() if self.die_with_parent else None,
             )
         except OSError as exc:
             self._close_log()
@@ -376,3 +415,247 @@ def _describe_exit(code: int) -> str:
             name = f"signal {-code}"
         return f"killed by {name}"
     return f"exit code {code}"
+
+
+# --- watching a ComfyUI: its state for /health, restarts of the one we launched ---------------
+
+#: ComfyUI answers GET /system_stats
+COMFY_OK = "ok"
+#: it holds its port but does not answer in time (stopped, swapping, stuck in a node)
+COMFY_UNRESPONSIVE = "unresponsive"
+#: nothing listens (refused): not started yet, or gone
+COMFY_DOWN = "down"
+#: our ComfyUI exited and is being started again
+COMFY_RESTARTING = "restarting"
+#: our ComfyUI exited and every restart failed: jobs fail at once until ``ryla serve`` restarts
+COMFY_FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How a ComfyUI we launched is restarted when it exits: bounded attempts, capped backoff.
+
+    ``max_attempts`` counts restarts in a row; a ComfyUI that stayed up ``stable_after_s``
+    starts a new count, so a crash a day does not use the budget up.
+    """
+
+    max_attempts: int = defaults.COMFY_RESTART_MAX_ATTEMPTS
+    initial_backoff_s: float = defaults.COMFY_RESTART_BACKOFF_S
+    max_backoff_s: float = defaults.COMFY_RESTART_BACKOFF_MAX_S
+    stable_after_s: float = defaults.COMFY_RESTART_STABLE_S
+
+    def backoff(self, attempt: int) -> float:
+        """The pause before restart number ``attempt`` (0-based) of a streak."""
+        return float(min(self.max_backoff_s, self.initial_backoff_s * (2 ** min(attempt, 30))))
+
+
+class ComfyMonitor:
+    """Watches one ComfyUI from its own thread: probes it, restarts the one we launched.
+
+    ``state`` is one of ``ok``, ``unresponsive`` (two probes in a row got no answer in
+    ``probe_timeout_s``), ``down`` (refused), ``restarting``, ``failed`` (shown by GET
+    /health).  ``wait_up`` lets a job that arrives while ComfyUI is down or restarting
+    wait for it within the job's budget instead of failing at once.  Restarts run on this
+    monitor's thread, which lives as long as the server: a ComfyUI launched with
+    ``die_with_parent`` dies with the thread that forked it.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        process: ComfyProcess | None = None,
+        restart: RestartPolicy | None = None,
+        probe_every_s: float = defaults.COMFY_PROBE_EVERY_S,
+        probe_timeout_s: float = defaults.COMFY_READY_PROBE_TIMEOUT_S,
+        ready_timeout_s: float = defaults.COMFY_READY_TIMEOUT_S,
+        fresh_s: float = defaults.COMFY_PROBE_FRESH_S,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.process = process
+        self.restart = restart or RestartPolicy()
+        self.probe_every_s = probe_every_s
+        self.probe_timeout_s = probe_timeout_s
+        self.ready_timeout_s = ready_timeout_s
+        self.fresh_s = fresh_s
+        self.restarts = 0
+        self._state = COMFY_OK
+        self._last_ok = time.monotonic()
+        self._up_since = time.monotonic()
+        self._streak = 0
+        self._silent = 0  # probes in a row that timed out
+        self._waiters = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._client = httpx.Client(trust_env=False)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def state(self) -> str:
+        with self._cond:
+            if self._state == COMFY_OK and self._process_dead():
+                return COMFY_DOWN  # between its death and the monitor's next look
+            return self._state
+
+    def start(self) -> None:
+        """Begin watching (and restarting) in a thread of its own."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="ryla-comfy-monitor")
+            self._thread.daemon = True
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop watching: no restart begins after this (call before stopping the process)."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def join(self, timeout: float = defaults.COMFY_STOP_GRACE_S) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._client.close()
+
+    def wait_up(self, timeout: float, on_wait: Callable[[], None] | None = None) -> bool:
+        """Return once ComfyUI looks usable; True if this call had to wait for it.
+
+        For a ComfyUI we launched, a fresh ``ok`` (probed within ``fresh_s``, the process alive)
+        returns at once; otherwise one probe decides (a ComfyUI at a URL can vanish unseen).
+        While ComfyUI is down or restarting it waits (woken by the monitor, re-probing at most
+        every ``probe_every_s``) up to ``timeout``, then raises ComfyUIUnavailable.  An
+        ``unresponsive`` ComfyUI does not make it wait: the runner's own deadlines handle it.
+        ``on_wait`` is called once, when it begins to wait.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if (
+                self.process is not None  # its exit is known at once; a URL's is not
+                and self._state == COMFY_OK
+                and not self._process_dead()
+                and time.monotonic() - self._last_ok < self.fresh_s
+            ):
+                return False
+        waited = False
+        while True:
+            state = self._probe_now()
+            if state == COMFY_FAILED:
+                raise ComfyUIUnavailable(
+                    f"ComfyUI exited and could not be restarted ({self.restart.max_attempts}"
+                    " attempts); restart `ryla serve`",
+                    log_tail=self.process.log_tail() if self.process is not None else "",
+                )
+            if state in (COMFY_OK, COMFY_UNRESPONSIVE):
+                return waited
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stop.is_set():
+                raise ComfyUIUnavailable(
+                    f"ComfyUI at {self.base_url} did not come back within {timeout:g} s"
+                    f" (it is {state})",
+                    log_tail=self.process.log_tail() if self.process is not None else "",
+                )
+            if not waited and on_wait is not None:
+                on_wait()
+            waited = True
+            with self._cond:
+                self._waiters += 1
+                try:
+                    self._cond.wait(min(left, self.probe_every_s))
+                finally:
+                    self._waiters -= 1
+
+    # --- the monitor thread ---------------------------------------------------------------
+
+    def _process_dead(self) -> bool:
+        return self.process is not None and self.process.returncode is not None
+
+    def _set(self, state: str) -> None:
+        with self._cond:
+            before, self._state = self._state, state
+            if state == COMFY_OK:
+                self._last_ok = time.monotonic()
+            self._cond.notify_all()
+        if before != state:
+            level = logging.INFO if state == COMFY_OK else logging.WARNING
+            log.log(level, "ComfyUI at %s is %s (was %s)", self.base_url, state, before)
+
+    def _probe_now(self) -> str:
+        """One readiness probe (unless the process is known dead); updates and returns state."""
+        with self._cond:
+            if self._state in (COMFY_RESTARTING, COMFY_FAILED):
+                return self._state
+        if self._process_dead():
+            return COMFY_DOWN  # the monitor thread restarts it
+        try:
+            check_ready(self.base_url, timeout=self.probe_timeout_s, client=self._client)
+        except ComfyUIUnavailable as exc:
+            cause = exc.__cause__
+            refused = isinstance(cause, httpx.TransportError) and not isinstance(
+                cause, httpx.TimeoutException
+            )
+            with self._cond:
+                if self._state in (COMFY_RESTARTING, COMFY_FAILED):
+                    return self._state
+                self._silent = 0 if refused else self._silent + 1
+                silent = self._silent
+            if refused:
+                self._set(COMFY_DOWN)
+            elif silent >= _SILENT_PROBES:  # one slow answer on a busy machine is not silence
+                self._set(COMFY_UNRESPONSIVE)
+        else:
+            with self._cond:
+                if self._state in (COMFY_RESTARTING, COMFY_FAILED):
+                    return self._state
+                self._silent = 0
+            self._set(COMFY_OK)
+        return self.state
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if self._process_dead():
+                with self._cond:
+                    gave_up = self._state == COMFY_FAILED
+                if not gave_up:
+                    self._restart_streak()
+            else:
+                self._probe_now()
+            with self._cond:
+                pause = self.probe_every_s / 4 if self._waiters else self.probe_every_s
+            self._stop.wait(pause)
+
+    def _restart_streak(self) -> None:
+        proc = self.process
+        assert proc is not None
+        if time.monotonic() - self._up_since >= self.restart.stable_after_s:
+            self._streak = 0
+        why = _describe_exit(proc.returncode) if proc.returncode is not None else "gone"
+        while not self._stop.is_set():
+            if self._streak >= self.restart.max_attempts:
+                self._set(COMFY_FAILED)
+                log.error(
+                    "ComfyUI could not be restarted (%d attempts in a row); jobs fail until"
+                    " `ryla serve` is restarted (log: %s)",
+                    self._streak,
+                    proc.log_path,
+                )
+                return
+            pause = self.restart.backoff(self._streak)
+            self._streak += 1
+            self._set(COMFY_RESTARTING)
+            log.warning(
+                "ComfyUI exited (%s); restarting it in %.1f s (attempt %d of %d)",
+                why,
+                pause,
+                self._streak,
+                self.restart.max_attempts,
+            )
+            if self._stop.wait(pause):
+                return
+            try:
+                proc.start(ready_timeout=self.ready_timeout_s)
+            except ComfyUIUnavailable as exc:
+                why = str(exc).splitlines()[0]
+                continue
+            self.restarts += 1
+            self._up_since = time.monotonic()
+            log.info("ComfyUI restarted (pid %s); %d restarts so far", proc.pid, self.restarts)
+            self._set(COMFY_OK)
+            return

@@ -39,6 +39,7 @@ from ryla_modal.comfy.api import (
     BinaryFrame,
     ComfyAPI,
     EventSocket,
+    JobDetached,
     OutputRef,
     SocketClosed,
     TextOutput,
@@ -484,13 +485,15 @@ class ComfyRunner:
         timeout_s: float | None = None,
         cancel: threading.Event | None = None,
         previews: bool | None = None,
+        detach: threading.Event | None = None,
     ) -> RunResult:
         """Run ``workflow`` as prompt ``job_id`` and collect every output.
 
         ``previews``: also collect ``temp`` files (PreviewImage); None: the runner's default.
         Raises InputFetchError (before anything is submitted), WorkflowValidationError,
         ExecutionError, JobCancelled, ComfyUIUnavailable, ExecutionTimeout (with ``job_id``) or
-        OutputIntegrityError.
+        OutputIntegrityError; JobDetached when ``detach`` is set (the server stops, leaving the
+        prompt to ComfyUI and the next start).
         """
         if not job_id:
             raise ValueError("job_id must be a non-empty string")
@@ -503,7 +506,7 @@ class ComfyRunner:
 
         try:
             entry = self._submit_and_follow(
-                workflow, job_id, inputs, deadline, tracker, timings, cancel, emit, sent
+                workflow, job_id, inputs, deadline, tracker, timings, cancel, emit, sent, detach
             )
         except ComfyUIUnavailable as exc:
             raise self._explain(exc) from exc
@@ -545,16 +548,21 @@ class ComfyRunner:
         cancel: threading.Event | None,
         emit: Callable[[RunnerProgress], None],
         sent: _SocketImages,
+        detach: threading.Event | None = None,
     ) -> dict[str, Any]:
         check_alive = self.process.check_alive if self.process is not None else None
         if check_alive is not None:
             check_alive()  # a ComfyUI that died since the last job is reported before this one
 
-        # Idempotency: ComfyUI does not check prompt_id uniqueness, so we do.
-        entry = self.api.history(job_id)
-        if entry is not None:
-            return entry
-        if self.api.queue_state(job_id) is not None:
+        # Idempotency: ComfyUI does not check prompt_id uniqueness, so we do.  The queue first,
+        # then the history: a prompt moves from one to the other (atomically, never back), so
+        # asking in this order cannot miss one that finishes between the two questions.
+        queued = self.api.queue_state(job_id)
+        if queued is None:
+            entry = self.api.history(job_id)
+            if entry is not None:
+                return entry
+        else:
             # Queued or running from an earlier attempt: follow it; its events go elsewhere.
             t0 = time.monotonic()
             emit(tracker.progress())
@@ -567,6 +575,7 @@ class ComfyRunner:
                 cancel=cancel,
                 poll_s=self.history_poll_s,
                 on_socket_lost=sent.on_socket_lost,
+                detach=detach,
             )
             timings.executing = time.monotonic() - t0
             return entry
@@ -584,6 +593,8 @@ class ComfyRunner:
 
         if cancel is not None and cancel.is_set():
             raise JobCancelled(f"job {job_id} was cancelled before it was submitted", job_id=job_id)
+        if detach is not None and detach.is_set():
+            raise JobDetached(job_id, submitted=False)
         if self.delete_outputs:
             prompt = uncache_sinks(prompt, job_id)
         client_id = uuid.uuid4().hex
@@ -608,6 +619,7 @@ class ComfyRunner:
                 poll_s=self.history_poll_s,
                 on_frame=sent.on_frame,
                 on_socket_lost=sent.on_socket_lost,
+                detach=detach,
             )
         finally:
             if socket is not None:

@@ -11,13 +11,17 @@ adds around them:
 - submit checks in order: limits (413), inputs and structure (422), the job id (same workflow:
   the existing job, another: 409), then the workflow against ComfyUI's ``/object_info`` (422 with
   ComfyUI's per-node errors) before anything reaches the executor;
-- long polls wait on the store's change notifications.
+- long polls wait on the store's change notifications;
+- a server that stops (``drain()``, called when uvicorn begins its shutdown) answers every new
+  request and every long poll in flight ``503`` with ``Retry-After`` (never a 500 from a task
+  cancelled at the graceful-shutdown timeout), so clients retry through the restart.
 
 ``/docs`` and ``/openapi.json`` stay available and sit behind the same token when one is set.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -27,7 +31,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Annotated, Any
 
@@ -154,8 +158,40 @@ def error_response(
 # --- the guard: auth and body size, in front of routing ---------------------------------------
 
 
+class _Draining:
+    """The server is stopping: long polls end and new requests get 503 + Retry-After."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self._event: asyncio.Event | None = None
+
+    def event(self) -> asyncio.Event:
+        """The event set at drain (made on first use, inside the server's loop)."""
+        if self._event is None:
+            self._event = asyncio.Event()
+            if self.on:
+                self._event.set()
+        return self._event
+
+    def set(self) -> None:
+        """Begin draining; call from the server's event loop (uvicorn's shutdown does)."""
+        self.on = True
+        if self._event is not None:
+            self._event.set()
+
+
+def stopping_error() -> ApiError:
+    return ApiError(
+        503,
+        "server_stopping",
+        "the server is stopping (restarting?); retry: accepted jobs are kept",
+        http_headers={"retry-after": str(int(defaults.SERVE_RETRY_AFTER_S))},
+    )
+
+
 class _Guard:
-    """Pure ASGI middleware: 421 for a foreign Host, 401 without the token, 413 past the limit.
+    """Pure ASGI middleware: 421 for a foreign Host, 401 without the token, 413 past the limit,
+    503 + Retry-After while the server stops.
 
     The Host check guards a server without a token, which only ever listens on loopback: a web
     page whose DNS name is re-pointed at 127.0.0.1 (DNS rebinding) can make a browser send it
@@ -165,16 +201,29 @@ class _Guard:
     """
 
     def __init__(
-        self, app: ASGIApp, *, token: str | None, max_body_bytes: int, check_host: bool
+        self,
+        app: ASGIApp,
+        *,
+        token: str | None,
+        max_body_bytes: int,
+        check_host: bool,
+        draining: _Draining | None = None,
     ) -> None:
         self.app = app
         self.token = token.encode("utf-8") if token else None
         self.max_body_bytes = max_body_bytes
         self.check_host = check_host and token is None
+        self.draining = draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if self.draining is not None and self.draining.on:
+            err = stopping_error()
+            await JSONResponse(err.body, status_code=err.status, headers=err.headers)(
+                scope, receive, send
+            )
             return
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
         if self.check_host:
@@ -425,6 +474,7 @@ def _err(description: str) -> dict[str, Any]:
 _Responses = dict[int | str, dict[str, Any]]
 #: What the guard in front of routing can answer on any route (421 only without a token).
 _GUARD: _Responses = {
+    503: _err("the server is stopping (Retry-After): retry, accepted jobs are kept"),
     401: _err("missing or wrong bearer token"),
     413: _err("the request body is larger than the limit"),
     421: _err("no token is set and the Host header names neither loopback nor this server"),
@@ -450,6 +500,7 @@ def create_app(
     limits: Limits | None = None,
     check_host: bool = True,
     webhooks: WebhookSettings | None = None,
+    comfy_state: Callable[[], tuple[str, int]] | None = None,
 ) -> FastAPI:
     """The job API over ``executor`` and ``store``.
 
@@ -461,12 +512,15 @@ def create_app(
     unavailable).  ``webhooks``: jobs may ask for a webhook only when it carries a signing
     secret (else 422); its address rules apply to the URL at submit.  Delivery is the
     ``gateway.webhooks.Deliverer``'s job, started by whoever composes the server.
+    ``comfy_state`` (``ryla serve``): ComfyUI's state and restart count, for GET /health.
+    ``app.state.drain()`` begins the shutdown answers (503 + Retry-After).
     """
     if token and not token.strip():
         raise ConfigError("the gateway token is blank (only whitespace)")
     token = token.strip() if token else None
     lim = limits or Limits()
-    api = _Api(executor, store, object_info, extra_models, lim, webhooks)
+    draining = _Draining()
+    api = _Api(executor, store, object_info, extra_models, lim, webhooks, draining)
     app = FastAPI(
         title="ryla job API",
         version=__version__,
@@ -474,13 +528,28 @@ def create_app(
     )
     _install_error_handlers(app)
     app.add_middleware(
-        _Guard, token=token, max_body_bytes=lim.max_body_bytes, check_host=check_host
+        _Guard,
+        token=token,
+        max_body_bytes=lim.max_body_bytes,
+        check_host=check_host,
+        draining=draining,
     )
     app.state.api = api
+    app.state.drain = draining.set
 
     @app.get("/health", response_model=Health, responses=_GUARD)
     async def health() -> Health:
-        return Health(version=__version__, executor=executor.kind)
+        """200 while the gateway answers; ``status: degraded`` names a ComfyUI that does not."""
+        if comfy_state is None:
+            return Health(version=__version__, executor=executor.kind)
+        state, restarts = comfy_state()
+        return Health(
+            status="ok" if state == "ok" else "degraded",
+            version=__version__,
+            executor=executor.kind,
+            comfyui=state,  # type: ignore[arg-type]
+            comfyui_restarts=restarts,
+        )
 
     @app.post(
         "/jobs",
@@ -692,6 +761,7 @@ class _Api:
         extra_models: Mapping[str, Sequence[str]] | None,
         limits: Limits,
         webhooks: WebhookSettings | None,
+        draining: _Draining | None = None,
     ) -> None:
         self.executor = executor
         self.store = store
@@ -699,6 +769,7 @@ class _Api:
         self.extra_models = extra_models
         self.limits = limits
         self.webhooks = webhooks
+        self.draining = draining or _Draining()
 
     # --- submit ---------------------------------------------------------------------------
 
@@ -718,7 +789,7 @@ class _Api:
         if existing is not None:
             return self._same_or_conflict(existing, identity), False
         self._check_object_info(job_id, workflow)
-        active = len(self.store.list(status=ACTIVE_STATUSES))
+        active = self.store.count(status=ACTIVE_STATUSES)
         if active >= lim.max_pending_jobs:
             raise ApiError(
                 429,
@@ -959,11 +1030,24 @@ class _Api:
     async def wait_change(self, record: JobRecord, wait_s: float) -> JobRecord:
         """The record once it differs from ``record``, or as it is after ``wait_s``."""
         deadline = time.monotonic() + wait_s
+        stop = self.draining.event()
         while True:
+            if stop.is_set():
+                raise stopping_error()
             left = deadline - time.monotonic()
             if left <= 0:
                 return record
-            await self.store.wait_for_change(record.job_id, record.revision, left)
+            change = asyncio.ensure_future(
+                self.store.wait_for_change(record.job_id, record.revision, left)
+            )
+            stopped = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({change, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (change, stopped):
+                    task.cancel()
+            if stop.is_set():
+                raise stopping_error()
             now = await run_in_threadpool(self._known, record.job_id)
             if now.revision != record.revision:
                 return now

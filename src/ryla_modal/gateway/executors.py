@@ -4,10 +4,13 @@
 in ``cloud/``).  ``LocalExecutor`` hands each job to ``JobLifecycle`` (``gateway/lifecycle.py``,
 the code the Modal worker runs too) in a bounded thread pool against one ComfyUI.  Its promises:
 every job it accepted ends in a final status with a reason (a crashed worker is ``failed``, never
-``running`` forever); cancel interrupts the job in ComfyUI by its prompt_id; jobs left behind by
-a previous process are failed with a reason the client can act on.
+``running`` forever); cancel interrupts the job in ComfyUI by its prompt_id; a job that arrives
+while ComfyUI is down or restarting waits for it (``ComfyMonitor``) within its cold-start budget;
+jobs left behind by a previous process are re-adopted when ComfyUI still has them (their prompt
+ids are our job ids: followed to the end, or collected from its history), and only those it
+never saw are failed, with a reason the client can act on.
 
-    executor = LocalExecutor(store, comfy.base_url, process=comfy)
+    executor = LocalExecutor(store, comfy.base_url, process=comfy, monitor=monitor)
     executor.recover()
     executor.start(record, workflow, inputs)
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -26,8 +30,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ryla_modal import defaults
-from ryla_modal.comfy.process import ComfyProcess, check_ready
+from ryla_modal.comfy.process import ComfyMonitor, ComfyProcess, check_ready
 from ryla_modal.comfy.runner import ComfyRunner, JobInput
+from ryla_modal.errors import ComfyUIUnavailable
 from ryla_modal.fetch import FetchRules
 from ryla_modal.gateway.lifecycle import (
     CANCELLED_QUEUED,
@@ -54,9 +59,14 @@ from ryla_modal.gateway.store import JobStore
 log = logging.getLogger("ryla_modal.gateway")
 
 RESTARTED_RUNNING = (
-    "the server restarted while this job was running; submit it again with a new job_id"
+    "the server restarted while this job was running, and ComfyUI no longer has it; submit it"
+    " again with a new job_id"
 )
-RESTARTED_QUEUED = "the server restarted before this job started; submit it again with a new job_id"
+RESTARTED_QUEUED = (
+    "the server restarted before this job reached ComfyUI; submit it again with a new job_id"
+)
+#: at most this many re-adopted jobs are followed at once after a restart
+_ADOPT_THREADS_MAX = 32
 #: how many jobs' log marks ``LocalExecutor`` remembers for GET /jobs/{id}/logs
 _LOG_MARKS_KEPT = 1000
 
@@ -97,6 +107,15 @@ class Executor(Protocol):
 class _Active:
     future: concurrent.futures.Future[None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    #: the server stops and leaves the prompt to ComfyUI (and the next start)
+    detach: threading.Event = field(default_factory=threading.Event)
+
+
+def _prompt_of(item: Any) -> dict[str, Any] | None:
+    """The workflow inside a /queue item or a history entry's ``prompt``: [n, id, prompt, ...]."""
+    if isinstance(item, list | tuple) and len(item) > 2 and isinstance(item[2], dict):
+        return dict(item[2])
+    return None
 
 
 class LocalExecutor:
@@ -122,6 +141,8 @@ class LocalExecutor:
         progress_interval_s: float = defaults.GATEWAY_PROGRESS_MIN_INTERVAL_S,
         shutdown_grace_s: float = defaults.SERVE_SHUTDOWN_GRACE_S,
         fetch_rules: FetchRules | None = None,
+        monitor: ComfyMonitor | None = None,
+        comfy_wait_s: float = defaults.COLD_START_TIMEOUT_S,
     ) -> None:
         """``fetch_rules``: how inputs by URL are fetched (private addresses refused unless
         ``FetchRules(allow_private=True)``, which `ryla serve --allow-private-urls` sets)."""
@@ -130,6 +151,8 @@ class LocalExecutor:
         self.store = store
         self.comfy_url = comfy_url
         self.process = process
+        self.monitor = monitor
+        self.comfy_wait_s = comfy_wait_s
         self._own_work_dir = work_dir is None
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="ryla-serve-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +168,7 @@ class LocalExecutor:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="ryla-job"
         )
+        self._adopt_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._active: dict[str, _Active] = {}
         self._log_marks: collections.OrderedDict[str, tuple[int, int | None]] = (
@@ -178,7 +202,10 @@ class LocalExecutor:
     def warm(self, job: JobRecord) -> None:
         # The local ComfyUI is started (and waited for) by `ryla serve` itself: check it answers.
         def ready() -> ComfyRunner:
-            check_ready(self.comfy_url, timeout=defaults.COMFY_CONNECT_TIMEOUT_S)
+            if self.monitor is not None:
+                self.monitor.wait_up(self.comfy_wait_s)
+            else:
+                check_ready(self.comfy_url, timeout=defaults.COMFY_CONNECT_TIMEOUT_S)
             return self.runner
 
         self.lifecycle.run(
@@ -231,36 +258,114 @@ class LocalExecutor:
         return JobLogs(job_id=record.job_id, source="comfyui", lines=lines)
 
     def recover(self) -> None:
+        """Re-adopt what ComfyUI still has of the jobs a previous process left active.
+
+        A job id is ComfyUI's prompt id: one in its history is collected (its outputs stored),
+        one in its queue is followed to the end, and only one it never saw is failed.  The
+        adopted jobs are followed by threads of their own, so new jobs do not queue behind them
+        here (they do in ComfyUI's own queue, where the GPU work is).
+        """
+        left = []
         for record in self.store.list(status=ACTIVE_STATUSES):
             with self._lock:
-                if record.job_id in self._active:
-                    continue
-            running = record.status == "running"
-            finish(
-                self.store,
-                record.job_id,
-                "failed",
-                JobError(
-                    type=ERR_SERVER_RESTARTED,
-                    message=RESTARTED_RUNNING if running else RESTARTED_QUEUED,
-                ),
-            )
+                if record.job_id not in self._active:
+                    left.append(record)
+        if not left:
+            return
+        seen = self._comfy_prompts([r.job_id for r in left])
+        adopted = 0
+        for record in left:
+            workflow = seen.get(record.job_id)
+            if workflow is None:
+                running = record.status == "running"
+                finish(
+                    self.store,
+                    record.job_id,
+                    "failed",
+                    JobError(
+                        type=ERR_SERVER_RESTARTED,
+                        message=RESTARTED_RUNNING if running else RESTARTED_QUEUED,
+                    ),
+                )
+                continue
+            self._adopt(record, workflow)
+            adopted += 1
+        if adopted:
+            log.info("re-adopted %d jobs ComfyUI still has from before the restart", adopted)
 
-    def close(self) -> None:
+    def _comfy_prompts(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """{job id: its workflow} for the ids ComfyUI has queued, running or in its history."""
+        api = self.runner.api
+        found: dict[str, dict[str, Any]] = {}
+        try:
+            queue = api.queue()
+        except ComfyUIUnavailable as exc:
+            log.warning("cannot read ComfyUI's queue to re-adopt jobs: %s", exc)
+            return found
+        wanted = set(job_ids)
+        for key in ("queue_running", "queue_pending"):
+            for item in queue.get(key) or []:
+                if isinstance(item, list) and len(item) > 2 and str(item[1]) in wanted:
+                    prompt = _prompt_of(item)
+                    if prompt is not None:
+                        found[str(item[1])] = prompt
+        for job_id in wanted - found.keys():
+            try:
+                entry = api.history(job_id)
+            except ComfyUIUnavailable as exc:
+                log.warning("cannot read ComfyUI's history of job %s: %s", job_id, exc)
+                continue
+            prompt = _prompt_of(entry.get("prompt")) if entry is not None else None
+            if prompt is not None:
+                found[job_id] = prompt
+        return found
+
+    def _adopt(self, record: JobRecord, workflow: dict[str, Any]) -> None:
+        with self._lock:
+            if self._adopt_pool is None:
+                self._adopt_pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=_ADOPT_THREADS_MAX, thread_name_prefix="ryla-adopt"
+                )
+            active = _Active()
+            self._active[record.job_id] = active
+            spec = JobSpec(
+                job_id=record.job_id,
+                created_at=record.created_at,
+                workflow=workflow,
+                timeout_s=float(record.timeout_s) if record.timeout_s is not None else None,
+            )
+            active.future = self._adopt_pool.submit(self._work, spec, active)
+        log.info("job %s re-adopted: ComfyUI still has it", record.job_id)
+
+    def close(self, *, leave_to_comfyui: bool = False) -> None:
+        """Stop taking jobs and settle the ones in flight.
+
+        ``leave_to_comfyui`` (ComfyUI outlives this server, e.g. ``--comfyui-url``): prompts
+        ComfyUI already has keep running there and keep their records active, for the next
+        start to re-adopt; only jobs that never reached ComfyUI fail.  Otherwise running jobs
+        are interrupted in ComfyUI and every job in flight fails as ``server_stopped``.
+        """
         with self._lock:
             if self._closing:
                 return
             self._closing = True
             active = dict(self._active)
         for a in active.values():
-            a.cancel.set()  # interrupt what runs in ComfyUI: nobody will collect it
-        self._pool.shutdown(wait=False, cancel_futures=True)
+            if leave_to_comfyui:
+                a.detach.set()  # stop following; ComfyUI keeps the prompt
+            else:
+                a.cancel.set()  # interrupt what runs in ComfyUI: nobody will collect it
+        for pool in (self._pool, self._adopt_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
         futures = [a.future for a in active.values() if a.future is not None]
         concurrent.futures.wait(futures, timeout=self.shutdown_grace_s)
         for job_id, a in active.items():
             started = a.future is not None and (
                 a.future.running() or (a.future.done() and not a.future.cancelled())
             )
+            if leave_to_comfyui and started:
+                continue  # the lifecycle left it to ComfyUI or settled it itself
             finish(
                 self.store,
                 job_id,
@@ -287,14 +392,30 @@ class LocalExecutor:
         try:
             self.lifecycle.run(
                 spec,
-                prepare=lambda: self.runner,
+                prepare=lambda: self._prepare(spec.job_id),
                 cancel=active.cancel,
                 stopping=lambda: self._closing,
+                detach=active.detach,
             )
         finally:
             if self.process is not None:
                 self._mark_log(spec.job_id, start, self.process.log_offset())
             self._forget(spec.job_id, active)
+
+    def _prepare(self, job_id: str) -> ComfyRunner:
+        """The runner, once ComfyUI is up: a job arriving while it is down or restarting waits
+        for it (phase ``starting_comfyui``) up to ``comfy_wait_s``."""
+        monitor = self.monitor
+        if monitor is not None:
+
+            def waiting() -> None:
+                log.info("job %s waits for ComfyUI (%s)", job_id, monitor.state)
+                with contextlib.suppress(Exception):
+                    self.store.update(job_id, phase="starting_comfyui")
+
+            if monitor.wait_up(self.comfy_wait_s, on_wait=waiting):
+                log.info("job %s: ComfyUI is back; the job goes on", job_id)
+        return self.runner
 
     def _mark_log(self, job_id: str, start: int, end: int | None) -> None:
         with self._lock:

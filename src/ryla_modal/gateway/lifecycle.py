@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ryla_modal import defaults
+from ryla_modal.comfy.api import JobDetached
 from ryla_modal.comfy.runner import ComfyRunner, JobInput, RunnerProgress, RunResult
 from ryla_modal.errors import (
     ComfyUIUnavailable,
@@ -269,8 +270,9 @@ class JobLifecycle:
         stopping: Callable[[], bool] = _never,
         comfy_window: Callable[[], tuple[float, float] | None] | None = None,
         startup: Callable[[], StartupInfo] | None = None,
+        detach: threading.Event | None = None,
     ) -> None:
-        """Run one job to its final status.
+        """Run one job to its final status (or leave it to ComfyUI: ``detach``).
 
         ``prepare`` returns a runner on a ComfyUI that answers (the Modal worker restarts a dead
         one there).  ``cancel`` interrupts the prompt when set; ``cancel_requested`` is polled
@@ -280,6 +282,9 @@ class JobLifecycle:
         part of it the job waited through is ``starting_comfyui``, not ``queued``.  ``startup``
         (the Modal worker) says more: the container's own boot span (``container_start``) and
         whether its ComfyUI came from a memory snapshot (``restored``).
+        ``detach`` set (the server stops, ComfyUI stays): a prompt ComfyUI already has is left
+        to it with its record unchanged, for the next start to re-adopt; one it never got fails
+        as ``server_stopped``.
         """
         if startup is not None:
             comfy_window = lambda: startup().comfy_window  # noqa: E731 - one source of truth
@@ -292,6 +297,7 @@ class JobLifecycle:
                 stopping,
                 comfy_window,
                 startup,
+                detach,
             )
         except Exception as exc:
             # A store write failed, or a bug of ours: the job still must not stay active.
@@ -308,6 +314,7 @@ class JobLifecycle:
         stopping: Callable[[], bool],
         comfy_window: Callable[[], tuple[float, float] | None] | None,
         startup: Callable[[], StartupInfo] | None = None,
+        detach: threading.Event | None = None,
     ) -> None:
         begin = self._clock()
         window = comfy_window() if comfy_window is not None else None
@@ -352,7 +359,7 @@ class JobLifecycle:
         log_event(record)
         watcher = self._watch(spec.job_id, cancel, cancel_requested)
         try:
-            self._execute(spec, runner, cancel, timings, stopping)
+            self._execute(spec, runner, cancel, timings, stopping, detach)
         except BaseException:
             # Modal's InputCancellation, or the container stopping: stop the prompt too.
             with contextlib.suppress(Exception):
@@ -378,6 +385,7 @@ class JobLifecycle:
         cancel: threading.Event,
         timings: dict[str, float],
         stopping: Callable[[], bool],
+        detach: threading.Event | None = None,
     ) -> None:
         try:
             result = runner.run(
@@ -388,11 +396,19 @@ class JobLifecycle:
                 timeout_s=spec.timeout_s,
                 cancel=cancel,
                 previews=spec.previews,
+                detach=detach,
             )
             timings.update({k: v for k, v in vars(result.timings).items() if v is not None})
             t0 = time.monotonic()
             outputs = store_outputs(self.store, spec.job_id, result)
             timings["storing_outputs"] = time.monotonic() - t0
+        except JobDetached as exc:
+            if exc.submitted:
+                log.info("job %s left to ComfyUI: the next start re-adopts it", spec.job_id)
+            else:
+                error = JobError(type=ERR_SERVER_STOPPED, message=STOPPED_QUEUED)
+                self._finish(spec, "failed", error, timings)
+            return
         except Exception as exc:
             self._failed(spec, exc, timings, stopping)
             return

@@ -3,10 +3,18 @@
 The Modal gateway is composed in ``cloud/gateway.py``; this is its local twin, so the CLI only
 parses options and prints.  ``serve_local`` opens the SQLite store (which locks its data folder),
 binds the listening socket first (a taken port fails before ComfyUI spends seconds starting),
-launches ComfyUI through ``ComfyProcess`` or probes the one given by URL, settles jobs a previous
-run left behind, starts the webhook deliverer (which picks up deliveries a previous run left
-pending), and serves until uvicorn stops (Ctrl-C) or the caller's signal handler raises; on the
-way out it interrupts running jobs and stops ComfyUI.
+launches ComfyUI through ``ComfyProcess`` or probes the one given by URL, re-adopts the jobs a
+previous run left behind (``LocalExecutor.recover``), starts the webhook deliverer (which picks
+up deliveries a previous run left pending), and serves until uvicorn stops (Ctrl-C, SIGTERM) or
+the caller's signal handler raises; on the way out it settles the running jobs (below).
+
+Lifetime: a ComfyUI we launch dies with us, even when we are SIGKILLed (Linux: PDEATHSIG, set by
+the launch on the main thread and by restarts on the monitor's thread, both living as long as
+serve); when it exits on its own, ``ComfyMonitor`` restarts it with backoff.  On the way out,
+uvicorn's shutdown first drains the app (new requests and long polls get 503 + Retry-After), then
+jobs are settled: with our own ComfyUI they are interrupted and fail (``server_stopped``) before
+ComfyUI stops; with ``--comfyui-url`` ComfyUI keeps running what it has, and the next start
+re-adopts it.
 
     serve_local(ComfySource(url="http://127.0.0.1:8188"), data_dir=Path(".ryla/serve"))
 """
@@ -22,12 +30,16 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ryla_modal import defaults
-from ryla_modal.comfy.process import ComfyProcess, check_ready
+from ryla_modal.comfy.process import ComfyMonitor, ComfyProcess, check_ready
 from ryla_modal.config import is_loopback, serve_token
 from ryla_modal.errors import ComfyUIUnavailable, ConfigError
 from ryla_modal.gateway.webhooks import Deliverer, WebhookSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    import uvicorn
 
 log = logging.getLogger("ryla_modal.serve")
 
@@ -78,11 +90,20 @@ def comfy_process(source: ComfySource, log_path: Path) -> ComfyProcess:
     """The ``ComfyProcess`` for a source that launches ComfyUI (a checkout or a command)."""
     if source.dir is not None:
         return ComfyProcess.for_checkout(
-            source.dir, source.python, port=source.port, extra_args=source.args, log_path=log_path
+            source.dir,
+            source.python,
+            port=source.port,
+            extra_args=source.args,
+            log_path=log_path,
+            die_with_parent=True,
         )
     if source.command:
         return ComfyProcess(
-            list(source.command), port=source.port, extra_args=source.args, log_path=log_path
+            list(source.command),
+            port=source.port,
+            extra_args=source.args,
+            log_path=log_path,
+            die_with_parent=True,
         )
     raise ConfigError("give a ComfyUI checkout, a command to launch, or a URL")
 
@@ -127,6 +148,7 @@ def serve_local(
     process: ComfyProcess | None = None
     executor: LocalExecutor | None = None
     deliverer: Deliverer | None = None
+    monitor: ComfyMonitor | None = None
     sock: socket.socket | None = None
     started = False  # "stopping"/"stopped" only once something was started
     try:
@@ -148,6 +170,8 @@ def serve_local(
             process.start(ready_timeout=ready_timeout)
             base_url = process.base_url
             log.info("ComfyUI ready at %s (pid %s)", base_url, process.pid)
+        monitor = ComfyMonitor(base_url, process=process, ready_timeout_s=ready_timeout)
+        monitor.start()
 
         # Half-collected outputs of a crashed run: nobody will pick them up (we hold the lock).
         shutil.rmtree(data_dir / "work", ignore_errors=True)
@@ -158,12 +182,18 @@ def serve_local(
             workers=workers,
             work_dir=data_dir / "work",
             fetch_rules=FetchRules(allow_private=allow_private_urls),
+            monitor=monitor,
         )
         executor.recover()
         # Started even without a secret: deliveries a previous run queued are recorded as
         # failed attempts (and retried) rather than left silently pending.
         deliverer = Deliverer(store, webhooks)
         deliverer.start()
+        watched = monitor
+
+        def comfy_state() -> tuple[str, int]:
+            return watched.state, watched.restarts
+
         app = create_app(
             executor,
             store,
@@ -171,6 +201,7 @@ def serve_local(
             object_info=ComfyObjectInfo(base_url),
             limits=Limits(allow_private_urls=allow_private_urls),
             webhooks=webhooks,
+            comfy_state=comfy_state,
         )
         config = uvicorn.Config(
             app,
@@ -186,22 +217,40 @@ def serve_local(
                 Listening(f"http://{shown}:{bound_port}", base_url, data_dir, token is not None)
             )
         started = True
-        uvicorn.Server(config).run(sockets=[sock])
+        _run_uvicorn(config, [sock], app.state.drain)
     finally:
         if started:
             log.info("stopping")
+        if monitor is not None:
+            monitor.close()  # no restart from now on
         if executor is not None:
-            executor.close()
+            executor.close(leave_to_comfyui=process is None)
         if deliverer is not None:
             deliverer.close()
         if process is not None:
             process.stop()
+        if monitor is not None:
+            monitor.join()
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
         store.close()
         if started:
             log.info("stopped")
+
+
+def _run_uvicorn(
+    config: uvicorn.Config, sockets: list[socket.socket], drain: Callable[[], None]
+) -> None:
+    """uvicorn's ``Server.run``, telling the app it stops before waiting for open requests."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            drain()  # long polls answer 503 now, not 500 at the graceful timeout
+            await super().shutdown(sockets)
+
+    DrainingServer(config).run(sockets=sockets)
 
 
 __all__ = ["ComfySource", "Listening", "bind", "comfy_process", "is_loopback", "serve_local"]

@@ -458,9 +458,19 @@ class JobLogs(_Model):
 
 
 class Health(_Model):
-    status: Literal["ok"] = "ok"
+    """GET /health: 200 whenever the gateway answers; ``degraded`` when its ComfyUI is not ok.
+
+    ``comfyui`` (``ryla serve`` only; null on Modal, where each worker watches its own): ``ok``,
+    ``unresponsive`` (holds its port, does not answer: stopped or stuck), ``down`` (nothing
+    listens), ``restarting`` (the ComfyUI serve launched exited and is being started again) or
+    ``failed`` (every restart failed).  ``comfyui_restarts`` counts restarts since serve began.
+    """
+
+    status: Literal["ok", "degraded"] = "ok"
     version: str
     executor: str
+    comfyui: Literal["ok", "unresponsive", "down", "restarting", "failed"] | None = None
+    comfyui_restarts: int | None = None
 
 
 class ErrorDetail(_Model):

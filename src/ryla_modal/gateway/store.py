@@ -30,10 +30,11 @@ import fcntl
 import io
 import json
 import os
+import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,6 +68,10 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def list(self, status: str | Iterable[str] | None = None) -> list[JobRecord]:
         """Records, oldest first, optionally only those with the given status(es)."""
+
+    def count(self, status: str | Iterable[str] | None = None) -> int:
+        """How many records (with the given status(es)); stores override it to skip parsing."""
+        return len(self.list(status))
 
     @abc.abstractmethod
     def page(
@@ -412,6 +417,9 @@ class SQLiteJobStore(JobStore):
         self._lock_fh = self._take_folder_lock()
         self._lock = threading.Lock()
         self._notifier = _Notifier()
+        #: connections for reads, one per concurrent reader: WAL lets reads run beside the one
+        #: writer, so a long poll or a GET never queues behind progress writes on ``_lock``
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         try:
             self._db = sqlite3.connect(
                 self.data_dir / "jobs.sqlite3",
@@ -450,12 +458,38 @@ class SQLiteJobStore(JobStore):
         with self._lock:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
+            while True:
+                try:
+                    reader = self._readers.get_nowait()
+                except queue.Empty:
+                    break
+                with contextlib.suppress(sqlite3.Error):
+                    reader.close()
             self._lock_fh.close()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection of the pool (opened when none is free), returned after use."""
+        try:
+            db = self._readers.get_nowait()
+        except queue.Empty:
+            db = sqlite3.connect(
+                self.data_dir / "jobs.sqlite3",
+                check_same_thread=False,  # one thread at a time: it is taken from the pool
+                isolation_level=None,  # autocommit: each SELECT sees the latest commit
+                timeout=10.0,
+            )
+            db.execute("PRAGMA query_only=ON")
+        try:
+            yield db
+        finally:
+            self._readers.put(db)
 
     # --- records ---------------------------------------------------------------------------
 
-    def _read(self, job_id: str) -> JobRecord | None:
-        row = self._db.execute("SELECT record FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    def _read(self, job_id: str, db: sqlite3.Connection | None = None) -> JobRecord | None:
+        conn = self._db if db is None else db
+        row = conn.execute("SELECT record FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return None if row is None else JobRecord.model_validate_json(row[0])
 
     def _write(self, record: JobRecord, *, insert: bool) -> None:
@@ -485,8 +519,8 @@ class SQLiteJobStore(JobStore):
         return record, True
 
     def get(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            return self._read(job_id)
+        with self._reading() as db:
+            return self._read(job_id, db)
 
     def update(self, job_id: str, *, force: bool = False, **fields: Any) -> JobRecord | None:
         with self._lock:
@@ -548,16 +582,30 @@ class SQLiteJobStore(JobStore):
 
     def list(self, status: str | Iterable[str] | None = None) -> list[JobRecord]:
         wanted = _statuses(status)
-        with self._lock:
+        with self._reading() as db:
             if wanted is None:
-                rows = self._db.execute("SELECT record FROM jobs ORDER BY created_at").fetchall()
+                rows = db.execute("SELECT record FROM jobs ORDER BY created_at").fetchall()
             else:
                 marks = ",".join("?" * len(wanted))
-                rows = self._db.execute(
+                rows = db.execute(
                     f"SELECT record FROM jobs WHERE status IN ({marks}) ORDER BY created_at",  # noqa: S608 - only placeholders
                     sorted(wanted),
                 ).fetchall()
         return [JobRecord.model_validate_json(r[0]) for r in rows]
+
+    def count(self, status: str | Iterable[str] | None = None) -> int:
+        """A COUNT over the status index: POST /jobs asks for every submit (the pending limit)."""
+        wanted = _statuses(status)
+        with self._reading() as db:
+            if wanted is None:
+                row = db.execute("SELECT COUNT(*) FROM jobs").fetchone()
+            else:
+                marks = ",".join("?" * len(wanted))
+                row = db.execute(
+                    f"SELECT COUNT(*) FROM jobs WHERE status IN ({marks})",  # noqa: S608 - only placeholders
+                    sorted(wanted),
+                ).fetchone()
+        return int(row[0])
 
     def page(
         self, status: Iterable[str] | None = None, limit: int = 20, before: str | None = None
@@ -578,8 +626,8 @@ class SQLiteJobStore(JobStore):
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY created_at DESC, job_id DESC LIMIT ?"
         )
-        with self._lock:
-            rows = self._db.execute(sql, [*args, limit + 1]).fetchall()
+        with self._reading() as db:
+            rows = db.execute(sql, [*args, limit + 1]).fetchall()
         return _page_of([JobRecord.model_validate_json(r[0]) for r in rows], limit)
 
     async def wait_for_change(self, job_id: str, revision: int, wait_s: float) -> None:

@@ -14,7 +14,9 @@ client that announced ``supports_preview_metadata``, ``progress_state`` then a b
 21 and 22 show.
 
 Fault switches (``--fault``, ``POST /_fake/fault``) fire once, in the next job that runs, after
-its ``after_node``-th node (0: before the first; a job with fewer nodes: before its end).
+its ``after_node``-th node (0: before the first; a job with fewer nodes: before its end):
+``drop-socket``, ``die``, ``stall``, ``mute-socket`` (sockets stay open and silent for the rest
+of that job while its history entry is written as usual).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from .nodes import (
 from .validation import full_type_name
 
 MAXIMUM_HISTORY_SIZE = 10000
-FAULTS = ("none", "drop-socket", "die", "stall")
+FAULTS = ("none", "drop-socket", "die", "stall", "mute-socket")
 
 
 def now_ms() -> int:
@@ -66,6 +68,8 @@ class Hub(Protocol):
     def supports_preview_metadata(self, sid: str | None) -> bool: ...
 
     def drop_sockets(self) -> None: ...
+
+    def mute_sockets(self, on: bool) -> None: ...
 
 
 PREVIEW_IMAGE = 1
@@ -360,6 +364,7 @@ class Engine:
                     self.stats.prompts_on_cpu += 1
                 fault, self.fault = self.fault, Fault()
             started = time.perf_counter()
+            self.hub.mute_sockets(False)  # a mute-socket fault lasts one job
             success, messages, result = self.execute(item, fault)
             status = {
                 "status_str": "success" if success else "error",
@@ -386,6 +391,9 @@ class Engine:
                 flush=True,
             )
             os._exit(1)
+        elif fault.kind == "mute-socket":
+            log(f"[stand-in] fault mute-socket: no more events for prompt {prompt_id}")
+            self.hub.mute_sockets(True)  # sockets stay open; history still advances
         elif fault.kind == "stall":
             log(f"[stand-in] fault stall: prompt {prompt_id} will never finish")
             threading.Event().wait()  # forever; HTTP and sockets stay up

@@ -2,8 +2,8 @@
 
 Every route answers as the transcripts in ``shared/comfyui-protocol/`` show, including the plain
 aiohttp 500 for a body that is not JSON.  Test-only routes live under ``/_fake/``:
-``POST /_fake/fault {"fault": "none|drop-socket|die|stall", "after_node": 1}`` arms a fault for
-the next job; ``GET /_fake/stats`` counts what POST /prompt received, queued and executed.
+``POST /_fake/fault {"fault": "none|drop-socket|die|stall|mute-socket", "after_node": 1}`` arms a
+fault for the next job; ``GET /_fake/stats`` counts what POST /prompt received, queued and executed.
 
 Like ComfyUI with ryla's ``ryla_snapshot`` node (``ryla_modal/cloud/snapshot_node.py``): started
 with ``RYLA_COMFYUI_DEFER_GPU=1`` it stays on the "cpu" until ``POST /ryla/gpu`` moves it (503
@@ -62,6 +62,7 @@ MODEL_FOLDERS = [
     "audio_encoders",
 ]
 _DROP = "__drop_sockets__"
+_MUTE = "__mute_sockets__"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -80,6 +81,7 @@ class StandIn:
         self.connections: dict[int, web.Request] = {}  # every open socket, for drop-socket
         self.client_flags: dict[str, Any] = {}
         self.gpu_move_fails = bool(args.gpu_move_fails)
+        self.muted = False
         self.engine = Engine(
             self,
             nodes,
@@ -104,10 +106,19 @@ class StandIn:
     def drop_sockets(self) -> None:
         self.loop.call_soon_threadsafe(self.messages.put_nowait, (_DROP, {}, None))
 
+    def mute_sockets(self, on: bool) -> None:
+        """From here on in message order, send nothing (on) or everything again (off)."""
+        self.loop.call_soon_threadsafe(self.messages.put_nowait, (_MUTE, {"on": on}, None))
+
     async def pump(self) -> None:
         """Send queued messages in order; a drop request cuts every socket at its place."""
         while True:
             event, data, sid = await self.messages.get()
+            if event == _MUTE and isinstance(data, dict):
+                self.muted = bool(data["on"])
+                continue
+            if self.muted:
+                continue
             if event == _DROP:
                 for request in list(self.connections.values()):
                     if request.transport is not None:

@@ -1,0 +1,244 @@
+"""Load through `ryla serve`: nothing lost, nothing run twice, no 5xx, and what the gateway adds.
+
+Starts the ComfyUI stand-in (or uses RYLA_BENCH_COMFYUI_URL) and `ryla serve --comfyui-url` in
+front of it (--workers = the concurrency, so every job is handed to ComfyUI at once and waits in
+ComfyUI's own queue, not in ours), then:
+
+1. load: N jobs, C at a time; each job is submitted three times at once with the same job id
+   (POST /jobs), long-polled to its end and its outputs downloaded.  Prints jobs lost (not
+   succeeded), run twice (ComfyUI's own count of prompts per id, GET /_fake/stats), 5xx answers
+   seen, throughput, and the overhead per job: the client's wall time from the first POST to the
+   last output byte, minus the time ComfyUI had the prompt (``waiting_in_comfyui`` +
+   ``executing`` in the job's timings: from ComfyUI accepting the prompt to its end), p50/p99;
+   the same from the server's own clock (the job's ``total`` minus ComfyUI's time: what the
+   lifecycle adds, without the waits of the HTTP requests); the CPU the gateway and this load
+   generator used; and the gateway's peak RSS (VmHWM).  At concurrency C the client-side
+   overhead is mostly queueing: C jobs / throughput (Little's law), and throughput is bounded
+   by the gateway's CPU per job.
+2. sequential: one job at a time through serve + RylaClient.generate, against a direct client of
+   ComfyUI's own API (bench/overhead.py's), interleaved; prints the p50 difference.
+
+Goals at 500 x 64: 0 lost, 0 twice, 0 5xx, overhead p99 <= 250 ms; sequential p50 <= 10 ms.
+
+    python bench/load.py [--jobs 500] [--concurrency 64] [--sequential 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.overhead import direct_run, workflow  # noqa: E402
+from tests.fakes.comfyui_command import fake_comfyui_command  # noqa: E402
+
+from ryla_modal.client import RylaClient  # noqa: E402
+from ryla_modal.comfy.process import ComfyProcess, free_port  # noqa: E402
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.statuses: Counter[int] = Counter()
+        self.overheads: list[float] = []
+        self.server_overheads: list[float] = []
+        self.finals: dict[str, str] = {}
+        self.phases: dict[str, list[float]] = {}
+
+    def seen(self, resp: httpx.Response) -> httpx.Response:
+        self.statuses[resp.status_code] += 1
+        return resp
+
+
+async def one_job(http: httpx.AsyncClient, tally: Tally, i: int) -> None:
+    job_id = str(uuid.uuid4())
+    body = {"job_id": job_id, "workflow": workflow(f"load{i}")}
+    start = time.perf_counter()
+    answers = await asyncio.gather(*(http.post("/jobs", json=body) for _ in range(3)))
+    for resp in answers:
+        tally.seen(resp)
+    tally.phases.setdefault("client submit", []).append(time.perf_counter() - start)
+    job: dict[str, Any] = {"status": "queued"}
+    for _ in range(10_000):  # bounded: each poll waits up to 20 s for a change
+        resp = tally.seen(await http.get(f"/jobs/{job_id}", params={"wait": 20}))
+        if resp.status_code != 200:
+            await asyncio.sleep(0.1)
+            continue
+        job = resp.json()
+        if job["status"] in TERMINAL:
+            tally.phases.setdefault("client saw final after", []).append(
+                time.time() - job["updated_at"]
+            )
+            break
+    for out in job.get("outputs") or []:
+        tally.seen(await http.get(f"/jobs/{job_id}/outputs/{out['index']}"))
+    wall = time.perf_counter() - start
+    tally.finals[job_id] = job["status"]
+    timings = job.get("timings") or {}
+    in_comfy = (timings.get("waiting_in_comfyui") or 0.0) + (timings.get("executing") or 0.0)
+    if job["status"] == "succeeded":
+        tally.overheads.append(wall - in_comfy)
+        tally.server_overheads.append((timings.get("total") or 0.0) - in_comfy)
+        for name, value in timings.items():
+            if value is not None:
+                tally.phases.setdefault(name, []).append(value)
+        tally.phases.setdefault("client wall", []).append(wall)
+
+
+async def load(url: str, token: str, jobs: int, concurrency: int) -> tuple[Tally, float]:
+    tally = Tally()
+    limits = httpx.Limits(max_connections=concurrency * 3 + 8)
+    headers = {"authorization": f"Bearer {token}"}
+    timeout = httpx.Timeout(60.0, connect=10.0)
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits, timeout=timeout, trust_env=False
+    ) as http:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(jobs):
+            queue.put_nowait(i)
+
+        async def worker() -> None:
+            while not queue.empty():
+                await one_job(http, tally, queue.get_nowait())
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return tally, time.perf_counter() - start
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--sequential", type=int, default=50, help="runs of the sequential part")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ryla-bench-load-"))
+    comfy: ComfyProcess | None = None
+    comfy_url = os.environ.get("RYLA_BENCH_COMFYUI_URL")
+    if not comfy_url:
+        comfy = ComfyProcess(
+            fake_comfyui_command(),
+            extra_args=["--output-directory", str(work / "comfy-out")],
+            log_path=work / "comfyui.log",
+        )
+        comfy.start(ready_timeout=60)
+        comfy_url = comfy.base_url
+    token = secrets.token_hex(16)
+    env = {**os.environ, "RYLA_TOKEN": token, "RYLA_CONFIG_DIR": str(work / "cfg")}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "ryla_modal.cli", "serve", "--comfyui-url", comfy_url]
+    argv += ["--port", str(port), "--data-dir", str(work / "serve")]
+    argv += ["--workers", str(min(64, args.concurrency))]
+    serve_log = (work / "serve.log").open("wb")
+    serve = subprocess.Popen(argv, env=env, stderr=serve_log, start_new_session=True)
+    try:
+        with RylaClient(url, token=token) as client:
+            for _ in range(200):  # wait for ryla serve, bounded
+                try:
+                    client.health()
+                    break
+                except Exception:
+                    time.sleep(0.1)
+            cpu_before = cpu_seconds(serve.pid)
+            mine_before = time.process_time()
+            tally, wall = asyncio.run(load(url, token, args.jobs, args.concurrency))
+            cpu_after = cpu_seconds(serve.pid)
+            mine = time.process_time() - mine_before
+            stats = httpx.get(f"{comfy_url}/_fake/stats", timeout=30).json()
+            runs = Counter(stats["prompt_ids"])
+            twice = sum(1 for job_id in tally.finals if runs[job_id] > 1)
+            lost = sum(1 for status in tally.finals.values() if status != "succeeded")
+            lost += args.jobs - len(tally.finals)
+            five = sum(n for code, n in tally.statuses.items() if code >= 500)
+            rss = peak_rss_mib(serve.pid)
+
+            direct: list[float] = []
+            ryla: list[float] = []
+            for i in range(args.sequential):
+                t0 = time.perf_counter()
+                direct_run(comfy_url, work)
+                direct.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                client.generate(workflow(f"seq{i}"), out_dir=work / "seq-out")
+                ryla.append(time.perf_counter() - t0)
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+        serve_log.close()
+        if comfy is not None:
+            comfy.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    ms = 1000.0
+    print(f"load: {args.jobs} jobs x concurrency {args.concurrency}, 3 submits per job id")
+    print(f"  jobs lost            {lost}   (goal 0)")
+    print(f"  jobs run twice       {twice}   (goal 0)")
+    codes = dict(sorted(tally.statuses.items()))
+    print(f"  5xx answers seen     {five}   (goal 0)   statuses: {codes}")
+    print(f"  throughput           {args.jobs / wall:.1f} jobs/s ({wall:.1f} s)")
+    print(f"  overhead p50         {pct(tally.overheads, 0.50) * ms:.1f} ms")
+    print(f"  overhead p99         {pct(tally.overheads, 0.99) * ms:.1f} ms   (goal <= 250 ms)")
+    server = tally.server_overheads
+    p50, p99 = pct(server, 0.5) * ms, pct(server, 0.99) * ms
+    print(f"  server-side overhead p50 {p50:.1f} ms, p99 {p99:.1f} ms (total minus ComfyUI's time)")
+    if cpu_before is not None and cpu_after is not None:
+        used = cpu_after - cpu_before
+        print(f"  gateway CPU          {used:.1f} s ({used / wall:.0%} of a core)")
+    print(f"  load generator CPU   {mine:.1f} s ({mine / wall:.0%} of a core)")
+    where = ", ".join(f"{k} {statistics.median(v) * ms:.0f}" for k, v in tally.phases.items())
+    print(f"  job timings, median ms: {where}")
+    print(f"  gateway peak RSS     {rss:.1f} MiB" if rss is not None else "  gateway peak RSS  n/a")
+    d50, r50 = statistics.median(direct), statistics.median(ryla)
+    print(f"sequential: {args.sequential} runs each, interleaved")
+    print(f"  direct ComfyUI client p50  {d50 * ms:.1f} ms")
+    print(f"  serve + RylaClient p50     {r50 * ms:.1f} ms")
+    print(f"  overhead p50               {(r50 - d50) * ms:+.1f} ms   (goal <= 10 ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""ComfyMonitor: ComfyUI's state, restarts with a capped backoff and a bounded number of attempts.
+
+Real processes: the stand-in launched by ``ComfyProcess``, killed with SIGKILL; a restart that
+cannot succeed is a command that exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+
+from ryla_modal.comfy.process import (
+    COMFY_DOWN,
+    COMFY_FAILED,
+    COMFY_OK,
+    ComfyMonitor,
+    RestartPolicy,
+)
+from ryla_modal.errors import ComfyUIUnavailable
+from tests.conftest import ComfyServer
+
+FAST = RestartPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2)
+
+
+def _until(cond: Callable[[], bool], within: float) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.05)
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    policy = RestartPolicy(initial_backoff_s=0.5, max_backoff_s=30.0)
+    assert [policy.backoff(i) for i in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert policy.backoff(10_000) == 30.0
+
+
+def test_a_killed_comfyui_is_restarted(launch_stub: Callable[..., ComfyServer]) -> None:
+    comfy = launch_stub()
+    monitor = ComfyMonitor(comfy.base_url, process=comfy.process, restart=FAST, probe_every_s=0.1)
+    monitor.start()
+    try:
+        first = comfy.process.pid
+        assert first is not None
+        os.killpg(first, signal.SIGKILL)
+        _until(lambda: monitor.restarts == 1 and monitor.state == COMFY_OK, 30)
+        assert comfy.process.pid != first
+        assert monitor.wait_up(5) is False  # up: no wait
+    finally:
+        monitor.close()
+        monitor.join()
+
+
+def test_restarts_are_bounded_then_jobs_fail_at_once(
+    launch_stub: Callable[..., ComfyServer],
+) -> None:
+    comfy = launch_stub()
+    monitor = ComfyMonitor(comfy.base_url, process=comfy.process, restart=FAST, probe_every_s=0.1)
+    monitor.start()
+    try:
+        comfy.process.argv = [sys.executable, "-c", "raise SystemExit(3)"]  # every restart fails
+        pid = comfy.process.pid
+        assert pid is not None
+        os.killpg(pid, signal.SIGKILL)
+        _until(lambda: monitor.state == COMFY_FAILED, 30)
+        assert monitor.restarts == 0
+        with pytest.raises(ComfyUIUnavailable, match="could not be restarted"):
+            monitor.wait_up(60)
+    finally:
+        monitor.close()
+        monitor.join()
+
+
+def test_a_url_that_refuses_is_down_and_waited_for(
+    launch_stub: Callable[..., ComfyServer],
+) -> None:
+    comfy = launch_stub()
+    monitor = ComfyMonitor(comfy.base_url, probe_every_s=0.1)  # not ours: never restarted
+    monitor.start()
+    try:
+        comfy.process.stop(grace=2)
+        _until(lambda: monitor.state == COMFY_DOWN, 10)
+        with pytest.raises(ComfyUIUnavailable, match="did not come back"):
+            monitor.wait_up(0.3)
+        comfy.process.start(ready_timeout=20)
+        monitor.wait_up(10)  # raises unless ComfyUI answers again within 10 s
+        assert monitor.state == COMFY_OK
+    finally:
+        monitor.close()
+        monitor.join()
