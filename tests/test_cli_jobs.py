@@ -30,7 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "examples" / "workflows" / "demo_model_free.json"
 
 
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     stub: ComfyServer = stub_process(tmp_path_factory.mktemp("jobs-stub"))
