@@ -89,8 +89,12 @@ def test_jobs_show_prints_the_timings(gateway: Gateway, tmp_path: Path) -> None:
     assert lines[0].split() == ["job", job_id]
     assert lines[1].startswith("status    succeeded")
     at = lines.index("timings")
-    phases = [line.split()[0] for line in lines[at + 1 :]]
-    assert "executing" in phases and phases[-1] == "total"
+    rows = [line.rsplit(None, 2) for line in lines[at + 1 :]]  # label, seconds, "s"
+    labels = [label.strip() for label, _, _ in rows]
+    assert "executing" in labels and labels[-1] == "total"
+    assert all(unit == "s" for _, _, unit in rows)
+    seconds = [float(value) for _, value, _ in rows]
+    assert sum(seconds[:-1]) <= seconds[-1] + 0.002  # the phases do not overlap
     as_json = ryla(
         "jobs",
         "show",

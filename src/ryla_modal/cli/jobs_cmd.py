@@ -184,13 +184,14 @@ def show_cmd(
             print(f"  {out.index}  {out.filename}  {out.mime}  {out.size} bytes")
     if job.error is not None:
         print(f"error     {job.error.type}: {job.error.message}")
-    phases = job.timings.phases()
+    phases = job.timings.labelled()  # the summary's labels: "ComfyUI start (cold)", ...
     if phases or job.timings.total is not None:
         print("timings")
-        for phase, seconds in phases.items():
-            print(f"  {phase:<20}{seconds:9.2f}s")
+        width = max([len(label) for label, _ in phases] + [5]) + 2
+        for label, seconds in phases:
+            print(f"  {label:<{width}}{seconds:9.3f} s")
         if job.timings.total is not None:
-            print(f"  {'total':<20}{job.timings.total:9.2f}s")
+            print(f"  {'total':<{width}}{job.timings.total:9.3f} s")
     return 0
 
 
