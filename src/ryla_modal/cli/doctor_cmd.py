@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from ryla_modal.cli._output import print_json
+from ryla_modal.cli import _options as opt
+from ryla_modal.cli._output import examples, print_json
 
 app = typer.Typer(add_completion=False)
 
@@ -24,21 +25,19 @@ app = typer.Typer(add_completion=False)
         " check has its own deadline; the whole run ends within 30 s. Exit 0 only when every"
         " check passes, else 1."
     ),
-    epilog="Examples:  ryla doctor  ·  ryla doctor workflow.json  ·  ryla doctor --json",
+    epilog=examples(
+        "ryla doctor",
+        "ryla doctor workflow.json",
+        "ryla doctor --json",
+    ),
 )
 def doctor(
     workflow: Annotated[
         Path | None,
         typer.Argument(help="An API-format workflow the deployment must be able to run."),
     ] = None,
-    environment: Annotated[
-        str | None,
-        typer.Option("--env", "-e", help="Modal environment.", rich_help_panel="Deployment"),
-    ] = None,
-    as_json: Annotated[
-        bool,
-        typer.Option("--json", help="One JSON object on stdout.", rich_help_panel="Output"),
-    ] = False,
+    environment: opt.Environment = None,
+    as_json: opt.Json = False,
 ) -> None:
     from ryla_modal.cloud.doctor import DoctorInputs, run_checks
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ryla_modal.cli._output import note
+from ryla_modal.cli._output import examples, note
 
 APP_FILE_NAME = "comfyui_app.py"
 
@@ -23,7 +23,11 @@ app = typer.Typer(add_completion=False)
         f" (deploy it with `ryla deploy {APP_FILE_NAME}`). Existing files are kept unless"
         " --force."
     ),
-    epilog="Examples:  ryla init  ·  ryla init --app  ·  ryla init --force",
+    epilog=examples(
+        "ryla init",
+        "ryla init --app",
+        "ryla init --force",
+    ),
 )
 def init(
     with_app: Annotated[

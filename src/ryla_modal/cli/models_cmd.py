@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from ryla_modal import defaults
-from ryla_modal.cli._output import note, print_json
+from ryla_modal.cli import _options as opt
+from ryla_modal.cli._output import deadline_kwargs, examples, note, print_json
 from ryla_modal.cli._typer import print_help_when_bare
 
 app = typer.Typer(
@@ -33,10 +34,10 @@ def _models(ctx: typer.Context) -> None:
         " Face hosts only. The file appears whole or not at all; an interrupted transfer resumes"
         " on the next try. A file of the same name is an error unless its sha256 is --sha256."
     ),
-    epilog=(
-        "Examples:  ryla models add hf://Comfy-Org/stable-diffusion-v1-5-archive/"
-        "v1-5-pruned-emaonly-fp16.safetensors --to checkpoints  ·  ryla models add"
-        " https://example.com/style.safetensors --to loras --sha256 3f0c..."
+    epilog=examples(
+        "ryla models add hf://Comfy-Org/stable-diffusion-v1-5-archive/"
+        "v1-5-pruned-emaonly-fp16.safetensors --to checkpoints",
+        "ryla models add https://example.com/style.safetensors --to loras --sha256 3f0c...",
     ),
 )
 def add(
@@ -63,23 +64,11 @@ def add(
             rich_help_panel="Deployment",
         ),
     ] = None,
-    environment: Annotated[
-        str | None,
-        typer.Option("--env", "-e", help="Modal environment.", rich_help_panel="Deployment"),
-    ] = None,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            "--timeout",
-            "-t",
-            min=1,
-            help="Deadline for the whole command (s).",
-            rich_help_panel="Output",
-        ),
-    ] = float(defaults.MODAL_DOWNLOAD_TIMEOUT_S),
-    as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON object on stdout.", rich_help_panel="Output")
-    ] = False,
+    environment: opt.Environment = None,
+    timeout: Annotated[float, opt.modal_timeout(float(defaults.MODAL_DOWNLOAD_TIMEOUT_S))] = float(
+        defaults.MODAL_DOWNLOAD_TIMEOUT_S
+    ),
+    as_json: opt.Json = False,
 ) -> None:
     started = time.monotonic()
     from ryla_modal.cloud.models import parse_source, plan
@@ -110,40 +99,20 @@ def add(
 @app.command(
     "list",
     help="List the model files the deployment sees, by folder (GET /models on the endpoint).",
-    epilog="Examples:  ryla models list  ·  ryla models list --json",
+    epilog=examples(
+        "ryla models list",
+        "ryla models list --json",
+    ),
 )
 def list_(
-    endpoint: Annotated[
-        str | None,
-        typer.Option(
-            "--endpoint",
-            help="Gateway URL (default: the deployed one).",
-            rich_help_panel="Deployment",
-        ),
-    ] = None,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            "--timeout",
-            "-t",
-            min=1,
-            help="Deadline for the whole command (s).",
-            rich_help_panel="Output",
-        ),
-    ] = defaults.MODAL_COMMAND_TIMEOUT_S,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON object on stdout.", rich_help_panel="Output")
-    ] = False,
+    endpoint: opt.Endpoint = None,
+    timeout: opt.ApiTimeout = None,
+    as_json: opt.Json = False,
 ) -> None:
     from ryla_modal.client import RylaClient
-    from ryla_modal.cloud.doctor import within
-    from ryla_modal.errors import CommandTimeout
 
     with RylaClient(endpoint) as client:
-        try:
-            folders = within(timeout, client.models)
-        except TimeoutError:
-            raise CommandTimeout(f"GET /models gave no answer within {timeout:g} s") from None
+        folders = client.models(**deadline_kwargs(timeout))
     if as_json:
         print_json({"folders": folders})
         return

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from ryla_modal import defaults
-from ryla_modal.cli._output import note, print_json
+from ryla_modal.cli import _options as opt
+from ryla_modal.cli._output import examples, note, print_json
 
 WORKER_CLASS = "ComfyWorker"
 _DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -45,7 +46,11 @@ def parse_duration(text: str) -> int:
         " time and the command (`ryla warm --off`) that ends the keep-warm; run it then, e.g."
         " from cron or `sleep 1800 && ryla warm --off`."
     ),
-    epilog="Examples:  ryla warm --min 1  ·  ryla warm --min 1 --for 30m  ·  ryla warm --off",
+    epilog=examples(
+        "ryla warm --min 1",
+        "ryla warm --min 1 --for 30m",
+        "ryla warm --off",
+    ),
 )
 def warm(
     min_containers: Annotated[
@@ -93,23 +98,11 @@ def warm(
             rich_help_panel="Deployment",
         ),
     ] = None,
-    environment: Annotated[
-        str | None,
-        typer.Option("--env", "-e", help="Modal environment.", rich_help_panel="Deployment"),
-    ] = None,
+    environment: opt.Environment = None,
     timeout: Annotated[
-        float,
-        typer.Option(
-            "--timeout",
-            "-t",
-            min=1,
-            help="Deadline for the whole command (s).",
-            rich_help_panel="Output",
-        ),
+        float, opt.modal_timeout(defaults.MODAL_COMMAND_TIMEOUT_S)
     ] = defaults.MODAL_COMMAND_TIMEOUT_S,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON object on stdout.", rich_help_panel="Output")
-    ] = False,
+    as_json: opt.Json = False,
 ) -> None:
     started = time.monotonic()
     if off == (min_containers is not None or buffer is not None):
