@@ -21,8 +21,8 @@ import pytest
 
 from tests._hang_servers import SilentPeer, closed_port
 from tests._http_server import Answer, ScriptedServer, job_answer, json_answer
+from tests.cli_helpers import ryla, ryla_env
 from tests.conftest import simple_workflow
-from tests.test_cli_generate import ryla, ryla_env
 
 HANG_GUARD_S = 1.0
 STARTUP_S = 3.0  # a Python process starting on a loaded machine

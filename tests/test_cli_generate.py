@@ -4,7 +4,6 @@ uvicorn in front of the ComfyUI stand-in."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -18,8 +17,9 @@ import httpx
 import pytest
 
 from tests._hang_servers import closed_port
-from tests.conftest import ComfyServer, slow_workflow, stub_process, unique
-from tests.gateway_fixtures import TOKEN, Gateway, running_gateway
+from tests.cli_helpers import cli_gateway, ryla, ryla_env
+from tests.conftest import slow_workflow, unique
+from tests.gateway_fixtures import TOKEN, Gateway
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "examples" / "workflows" / "demo_model_free.json"
@@ -27,34 +27,8 @@ DEMO = REPO / "examples" / "workflows" / "demo_model_free.json"
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    stub: ComfyServer = stub_process(tmp_path_factory.mktemp("cli-stub"))
-    stub.process.start(ready_timeout=20)
-    try:
-        with running_gateway(stub, tmp_path_factory.mktemp("cli-gw"), workers=2) as gw:
-            yield gw
-    finally:
-        stub.stop()
-
-
-def ryla_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RYLA_", "MODAL_"))}
-    env.update({"RYLA_CONFIG_DIR": str(tmp_path / "cfg"), "RYLA_RETRIES": "1"})
-    env.update(extra)
-    return env
-
-
-def ryla(
-    *args: str, env: dict[str, str], cwd: Path, timeout: float = 60, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ryla_modal.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=timeout,
-        input=stdin,
-    )
+    with cli_gateway(tmp_path_factory, "cli") as gw:
+        yield gw
 
 
 def write_workflow(path: Path, prefix: str) -> Path:

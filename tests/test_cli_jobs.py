@@ -10,10 +10,7 @@ they are merged.
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ComfyServer, stub_process, unique
+from tests.cli_helpers import cli_gateway, ryla, ryla_env
+from tests.conftest import unique
 from tests.fakes.modal_control import FakeModalControl
-from tests.gateway_fixtures import TOKEN, Gateway, running_gateway
+from tests.gateway_fixtures import TOKEN, Gateway
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "examples" / "workflows" / "demo_model_free.json"
@@ -32,32 +30,12 @@ DEMO = REPO / "examples" / "workflows" / "demo_model_free.json"
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    stub: ComfyServer = stub_process(tmp_path_factory.mktemp("jobs-stub"))
-    stub.process.start(ready_timeout=20)
-    try:
-        with running_gateway(stub, tmp_path_factory.mktemp("jobs-gw"), workers=2) as gw:
-            yield gw
-    finally:
-        stub.stop()
+    with cli_gateway(tmp_path_factory, "jobs") as gw:
+        yield gw
 
 
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RYLA_", "MODAL_"))}
-    env.update({"RYLA_CONFIG_DIR": str(tmp_path / "cfg"), "RYLA_TOKEN": TOKEN})
-    env.update(extra)
-    return env
-
-
-def ryla(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ryla_modal.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    return ryla_env(tmp_path, RYLA_TOKEN=TOKEN, **extra)
 
 
 def run_job(gateway: Gateway, tmp_path: Path) -> str:

@@ -4,7 +4,6 @@ front of the ComfyUI stand-in where a server is needed, and every printed comman
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -18,46 +17,18 @@ import pytest
 from ryla_modal import errors
 from ryla_modal.client import JobEvent, SavedOutput
 from ryla_modal.job import Job, Progress
-from tests.conftest import ComfyServer, slow_workflow, stub_process, unique
-from tests.gateway_fixtures import TOKEN, Gateway, running_gateway
+from tests.cli_helpers import RYLA, cli_gateway, ryla, ryla_env
+from tests.conftest import slow_workflow, unique
+from tests.gateway_fixtures import TOKEN, Gateway
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "examples" / "workflows" / "demo_model_free.json"
 
-RYLA = [sys.executable, "-m", "ryla_modal.cli"]
-
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    stub: ComfyServer = stub_process(tmp_path_factory.mktemp("msg-stub"))
-    stub.process.start(ready_timeout=20)
-    try:
-        with running_gateway(stub, tmp_path_factory.mktemp("msg-gw"), workers=2) as gw:
-            yield gw
-    finally:
-        stub.stop()
-
-
-def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """No endpoint anywhere: an empty config folder and no RYLA_* variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RYLA_", "MODAL_"))}
-    env.update({"RYLA_CONFIG_DIR": str(tmp_path / "cfg"), "RYLA_RETRIES": "1"})
-    env.update(extra)
-    return env
-
-
-def ryla(
-    *args: str, env: dict[str, str], cwd: Path, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ryla_modal.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    with cli_gateway(tmp_path_factory, "msg") as gw:
+        yield gw
 
 
 def paste(line: str, *, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -83,7 +54,7 @@ def test_no_wait_prints_a_follow_command_that_works_when_pasted(
     gateway: Gateway, tmp_path: Path
 ) -> None:
     wf = workflow_file(tmp_path / "wf.json")
-    env = clean_env(tmp_path, RYLA_TOKEN=TOKEN)  # the endpoint is given as a flag only
+    env = ryla_env(tmp_path, RYLA_TOKEN=TOKEN)  # the endpoint is given as a flag only
     proc = ryla("generate", str(wf), "--endpoint", gateway.url, "--no-wait", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.strip()
@@ -99,7 +70,7 @@ def test_ctrl_c_prints_a_resume_command_that_works_when_pasted(
 ) -> None:
     path = tmp_path / "slow.json"
     path.write_text(json.dumps(slow_workflow("stub", unique("int"), steps=30)))
-    env = clean_env(tmp_path, RYLA_TOKEN=TOKEN)
+    env = ryla_env(tmp_path, RYLA_TOKEN=TOKEN)
     child = subprocess.Popen(
         [*RYLA, "generate", str(path), "--json", "--endpoint", gateway.url, "--out", "renders"],
         stdout=subprocess.PIPE,
@@ -147,7 +118,7 @@ def test_usage_errors_come_before_the_endpoint(
     for command in ("generate", "validate"):
         if command == "validate" and ("--seed" in args or "--input" in args):
             continue
-        proc = ryla(command, *args, env=clean_env(tmp_path), cwd=tmp_path)
+        proc = ryla(command, *args, env=ryla_env(tmp_path), cwd=tmp_path)
         assert proc.returncode == 2, (command, proc.stderr)  # not 5: no endpoint was needed
         assert needle in proc.stderr, (command, proc.stderr)
         assert "no endpoint configured" not in proc.stderr
@@ -158,7 +129,7 @@ def test_an_unconfigured_endpoint_hints_deploy_or_endpoint(tmp_path: Path) -> No
     ui = tmp_path / "ui.json"
     ui.write_text(json.dumps({"nodes": [{"id": 1, "type": "EmptyImage"}], "links": []}))
     for path in (wf, ui):
-        proc = ryla("generate", str(path), env=clean_env(tmp_path), cwd=tmp_path)
+        proc = ryla("generate", str(path), env=ryla_env(tmp_path), cwd=tmp_path)
         assert proc.returncode in (3, 5), proc.stderr
         assert "ryla deploy" in proc.stderr and "--endpoint" in proc.stderr, proc.stderr
         assert "health --wake" not in proc.stderr
@@ -167,7 +138,7 @@ def test_an_unconfigured_endpoint_hints_deploy_or_endpoint(tmp_path: Path) -> No
 def test_a_png_passed_as_a_workflow_says_it_is_an_image(tmp_path: Path) -> None:
     png = tmp_path / "render.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
-    proc = ryla("generate", str(png), env=clean_env(tmp_path), cwd=tmp_path)
+    proc = ryla("generate", str(png), env=ryla_env(tmp_path), cwd=tmp_path)
     assert proc.returncode == 3, proc.stderr
     assert "is a PNG image, not a workflow JSON file" in proc.stderr
     assert "Export (API)" in proc.stderr
@@ -186,7 +157,7 @@ def test_node_errors_are_listed_once_above_the_hint_that_names_them(
     wf = json.loads(DEMO.read_text())
     wf["3"]["inputs"]["sigma"] = -1
     path = workflow_file(tmp_path / "bad.json", wf)
-    env = clean_env(tmp_path, RYLA_TOKEN=TOKEN)
+    env = ryla_env(tmp_path, RYLA_TOKEN=TOKEN)
     for command in ("generate", "validate"):
         proc = ryla(command, str(path), "--endpoint", gateway.url, env=env, cwd=tmp_path)
         assert proc.returncode == 3, proc.stderr
@@ -203,7 +174,7 @@ def test_a_workflow_level_rejection_lists_no_nodes_and_no_node_prompt(
 ) -> None:
     wf = {k: v for k, v in json.loads(DEMO.read_text()).items() if v["class_type"] != "SaveImage"}
     path = workflow_file(tmp_path / "noout.json", wf)
-    env = clean_env(tmp_path, RYLA_TOKEN=TOKEN)
+    env = ryla_env(tmp_path, RYLA_TOKEN=TOKEN)
     for command in ("generate", "validate"):
         proc = ryla(command, str(path), "--endpoint", gateway.url, env=env, cwd=tmp_path)
         assert proc.returncode == 3, proc.stderr
@@ -215,7 +186,7 @@ def test_a_workflow_level_rejection_lists_no_nodes_and_no_node_prompt(
 
 def test_the_new_inputs_hint_names_a_flag_that_exists(gateway: Gateway, tmp_path: Path) -> None:
     path = workflow_file(tmp_path / "wf.json")
-    env = clean_env(tmp_path, RYLA_TOKEN=TOKEN)
+    env = ryla_env(tmp_path, RYLA_TOKEN=TOKEN)
     args = ("validate", str(path), "--endpoint", gateway.url, "--set", "Image Blur.extra=1")
     proc = ryla(*args, env=env, cwd=tmp_path)
     assert proc.returncode == 3
@@ -226,7 +197,7 @@ def test_the_new_inputs_hint_names_a_flag_that_exists(gateway: Gateway, tmp_path
 
 def test_done_is_said_once(gateway: Gateway, tmp_path: Path) -> None:
     path = workflow_file(tmp_path / "wf.json")
-    env = clean_env(tmp_path, RYLA_TOKEN=TOKEN)
+    env = ryla_env(tmp_path, RYLA_TOKEN=TOKEN)
     proc = ryla("generate", str(path), "--endpoint", gateway.url, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("done: 1 output(s)") == 1, proc.stderr
@@ -240,7 +211,7 @@ def test_a_phase_budget_passed_exits_124_with_the_job_and_the_resume_command(
 ) -> None:
     path = tmp_path / "slow.json"
     path.write_text(json.dumps(slow_workflow("stub", unique("late"), steps=40)))
-    env = clean_env(tmp_path, RYLA_TOKEN=TOKEN)
+    env = ryla_env(tmp_path, RYLA_TOKEN=TOKEN)
     args = ("generate", str(path), "--endpoint", gateway.url, "--execution-timeout", "1")
     proc = ryla(*args, env=env, cwd=tmp_path)
     assert proc.returncode == 124, proc.stderr
@@ -256,7 +227,7 @@ def test_a_phase_budget_passed_exits_124_with_the_job_and_the_resume_command(
 def test_timeout_is_the_whole_commands_deadline(gateway: Gateway, tmp_path: Path) -> None:
     path = tmp_path / "slow.json"
     path.write_text(json.dumps(slow_workflow("stub", unique("total"), steps=40)))
-    env = clean_env(tmp_path, RYLA_TOKEN=TOKEN)
+    env = ryla_env(tmp_path, RYLA_TOKEN=TOKEN)
     proc = ryla("generate", str(path), "--endpoint", gateway.url, "-t", "2", env=env, cwd=tmp_path)
     assert proc.returncode == 124, proc.stderr
     line = _error_lines(proc.stderr)[-1]
@@ -324,7 +295,7 @@ def test_serve_says_a_missing_comfyui_dir_does_not_exist(tmp_path: Path) -> None
         str(tmp_path / "d"),
         "--port",
         "0",
-        env=clean_env(tmp_path),
+        env=ryla_env(tmp_path),
         cwd=tmp_path,
     )
     assert proc.returncode == 2, proc.stderr
@@ -341,7 +312,7 @@ def test_serve_says_nothing_about_stopping_what_never_started(tmp_path: Path) ->
         str(tmp_path / "d"),
         "--port",
         "0",
-        env=clean_env(tmp_path),
+        env=ryla_env(tmp_path),
         cwd=tmp_path,
     )
     assert proc.returncode == 5, proc.stderr
@@ -350,7 +321,7 @@ def test_serve_says_nothing_about_stopping_what_never_started(tmp_path: Path) ->
 
 
 def test_the_demo_keeps_server_logs_out_of_the_jobs_progress(tmp_path: Path) -> None:
-    env = clean_env(tmp_path, RYLA_DEMO_WORK=str(tmp_path / "work"))
+    env = ryla_env(tmp_path, RYLA_DEMO_WORK=str(tmp_path / "work"))
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "demo.py")],
         capture_output=True,

@@ -517,7 +517,8 @@ def test_on_modal_the_dict_outbox_is_shared_by_worker_and_gateway(
 def test_ryla_generate_webhook_sends_the_finished_job(
     gateway: Callable[..., Gateway], receivers: Callable[..., Receiver], tmp_path: Path
 ) -> None:
-    from tests.test_cli_generate import ryla, ryla_env, write_workflow
+    from tests.cli_helpers import ryla, ryla_env
+    from tests.test_cli_generate import write_workflow
 
     receiver = receivers([])
     gw = gateway(webhooks=FAST)
