@@ -103,24 +103,30 @@ async def one_job(http: httpx.AsyncClient, tally: Tally, i: int) -> None:
 
 
 async def load(url: str, token: str, jobs: int, concurrency: int) -> tuple[Tally, float]:
+    """C workers, each with its own client (three connections): C independent callers.
+
+    One client shared by all would measure httpcore's pool instead of the gateway: every request
+    scans every pooled connection (an O(connections) loop with a poll() per idle socket), which
+    at 200 connections costs the load generator more CPU than the gateway spends per job.
+    """
     tally = Tally()
-    limits = httpx.Limits(max_connections=concurrency * 3 + 8)
+    limits = httpx.Limits(max_connections=3, max_keepalive_connections=3)
     headers = {"authorization": f"Bearer {token}"}
     timeout = httpx.Timeout(60.0, connect=10.0)
-    async with httpx.AsyncClient(
-        base_url=url, headers=headers, limits=limits, timeout=timeout, trust_env=False
-    ) as http:
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(jobs):
-            queue.put_nowait(i)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(jobs):
+        queue.put_nowait(i)
 
-        async def worker() -> None:
+    async def worker() -> None:
+        async with httpx.AsyncClient(
+            base_url=url, headers=headers, limits=limits, timeout=timeout, trust_env=False
+        ) as http:
             while not queue.empty():
                 await one_job(http, tally, queue.get_nowait())
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return tally, time.perf_counter() - start
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return tally, time.perf_counter() - start
 
 
 def peak_rss_mib(pid: int) -> float | None:
@@ -154,13 +160,16 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--sequential", type=int, default=50, help="runs of the sequential part")
+    parser.add_argument(
+        "--node-ms", type=float, default=0.0, help="the stand-in sleeps this long in every node"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ryla-bench-load-"))
     comfy: ComfyProcess | None = None
     comfy_url = os.environ.get("RYLA_BENCH_COMFYUI_URL")
     if not comfy_url:
         comfy = ComfyProcess(
-            fake_comfyui_command(),
+            fake_comfyui_command("--node-seconds", str(args.node_ms / 1000)),
             extra_args=["--output-directory", str(work / "comfy-out")],
             log_path=work / "comfyui.log",
         )
@@ -229,8 +238,11 @@ def main() -> int:
         used = cpu_after - cpu_before
         print(f"  gateway CPU          {used:.1f} s ({used / wall:.0%} of a core)")
     print(f"  load generator CPU   {mine:.1f} s ({mine / wall:.0%} of a core)")
-    where = ", ".join(f"{k} {statistics.median(v) * ms:.0f}" for k, v in tally.phases.items())
-    print(f"  job timings, median ms: {where}")
+    where = ", ".join(
+        f"{k} {statistics.median(v) * ms:.0f}/{pct(v, 0.99) * ms:.0f}"
+        for k, v in tally.phases.items()
+    )
+    print(f"  job timings, p50/p99 ms: {where}")
     print(f"  gateway peak RSS     {rss:.1f} MiB" if rss is not None else "  gateway peak RSS  n/a")
     d50, r50 = statistics.median(direct), statistics.median(ryla)
     print(f"sequential: {args.sequential} runs each, interleaved")
