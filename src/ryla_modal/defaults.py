@@ -36,6 +36,7 @@ COMFY_LOG_TAIL_LINES = 40
 COMFY_READY_PROBE_TIMEOUT_S = 1.0  # one readiness probe; the ready deadline bounds the whole wait
 COMFY_WS_OPEN_TIMEOUT_S = 5.0
 COMFY_WS_RECONNECT_S = 2.0  # while following a job by polling, retry the socket this often
+COMFY_WS_CONNECT_RETRY_S = 0.5  # after a failed connect, subscribers fail fast this long
 COMFY_WS_SILENCE_CHECK_S = 5.0  # socket quiet this long: look at /history too, just in case
 COMFY_WS_MAX_FRAME_BYTES = 64 * 1024 * 1024  # preview frames can be large; they are dropped
 COMFY_UNREACHABLE_GRACE_S = 10.0  # no process to watch: give up after this long without answers

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -131,6 +131,17 @@ def parse_binary_frame(frame: bytes) -> BinaryFrame | None:
 
 class SocketClosed(Exception):
     """The event socket is gone; the caller falls back to polling /history."""
+
+
+Message = dict[str, Any] | BinaryFrame
+
+
+class EventStream(Protocol):
+    """What ``follow_prompt`` reads: a socket, or one prompt's share of one (comfy.events)."""
+
+    def recv(self, timeout: float) -> Message | None: ...
+
+    def close(self) -> None: ...
 
 
 class JobDetached(Exception):
@@ -503,7 +514,7 @@ class EventSocket:
         self._conn = conn
         self._closer = closer
 
-    def recv(self, timeout: float) -> dict[str, Any] | BinaryFrame | None:
+    def recv(self, timeout: float) -> Message | None:
         """The next message, or None if none came within ``timeout``; SocketClosed if gone."""
         from websockets.exceptions import ConnectionClosed
 
@@ -554,8 +565,8 @@ def follow_prompt(
     api: ComfyAPI,
     prompt_id: str,
     *,
-    socket: EventSocket | None,
-    client_id: str | None = None,
+    socket: EventStream | None,
+    reopen: Callable[[float], EventStream] | None = None,
     deadline: float,
     on_event: EventCallback | None = None,
     check_alive: Callable[[], None] | None = None,
@@ -569,15 +580,16 @@ def follow_prompt(
 
     Events for the prompt go to ``on_event`` while the socket is open, binary frames to
     ``on_frame``; ``on_socket_lost`` hears of every moment without a socket (from the start when
-    ``socket`` is None), during which events and frames may have been missed.  When it drops (or is
-    None) /history is polled every ``poll_s`` and, if ``client_id`` is given, the socket is
-    reopened now and then.  ``check_alive`` (the process watch) runs every iteration, so a dead
-    ComfyUI is reported within about ``poll_s``.  Raises ExecutionTimeout at ``deadline`` (after
-    interrupting the prompt), JobCancelled when ``cancel`` is set and ComfyUI confirms it or the
-    prompt vanished from the queue, ComfyUIUnavailable when ComfyUI is gone, JobDetached
+    ``socket`` is None), during which events and frames may have been missed.  When it drops (or
+    is None) /history is polled every ``poll_s`` and, if ``reopen`` is given, it is called now and
+    then (with an open timeout) for a new stream.  ``check_alive`` (the process watch) runs every
+    iteration, so a dead ComfyUI is reported within about ``poll_s``.  Raises ExecutionTimeout at
+    ``deadline`` (after interrupting the prompt), JobCancelled when ``cancel`` is set and ComfyUI
+    confirms it or the prompt vanished from the queue, ComfyUIUnavailable when ComfyUI is gone,
+    JobDetached
     (leaving the prompt alone) when ``detach`` is set.
     """
-    w = _Follower(api, prompt_id, socket, client_id, on_event, check_alive, cancel, poll_s)
+    w = _Follower(api, prompt_id, socket, reopen, on_event, check_alive, cancel, poll_s)
     w.on_frame = on_frame
     w.on_socket_lost = on_socket_lost
     if socket is None and on_socket_lost is not None:
@@ -595,8 +607,8 @@ class _Follower:
         self,
         api: ComfyAPI,
         prompt_id: str,
-        socket: EventSocket | None,
-        client_id: str | None,
+        socket: EventStream | None,
+        reopen: Callable[[float], EventStream] | None,
         on_event: EventCallback | None,
         check_alive: Callable[[], None] | None,
         cancel: threading.Event | None,
@@ -605,7 +617,7 @@ class _Follower:
         self.api = api
         self.prompt_id = prompt_id
         self.socket = socket
-        self.client_id = client_id
+        self.reopen = reopen
         self.on_event = on_event
         self.check_alive = check_alive
         self.cancel = cancel
@@ -692,15 +704,10 @@ class _Follower:
         if entry is not None:
             return entry
         now = time.monotonic()
-        if (
-            self.client_id is not None
-            and now - self.last_reconnect >= defaults.COMFY_WS_RECONNECT_S
-        ):
+        if self.reopen is not None and now - self.last_reconnect >= defaults.COMFY_WS_RECONNECT_S:
             self.last_reconnect = now
             with contextlib.suppress(SocketClosed):
-                self.socket = self.api.open_events(
-                    self.client_id, open_timeout=min(1.0, max(0.1, deadline - now))
-                )
+                self.socket = self.reopen(min(1.0, max(0.1, deadline - now)))
                 return self._lookup()  # anything that finished while we were deaf
         self._sleep(wait)
         return None

@@ -27,7 +27,6 @@ import io
 import mimetypes
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from ryla_modal.comfy.api import (
     TERMINAL_EVENTS,
     BinaryFrame,
     ComfyAPI,
-    EventSocket,
+    EventStream,
     JobDetached,
     OutputRef,
     SocketClosed,
@@ -49,6 +48,7 @@ from ryla_modal.comfy.api import (
     output_texts,
     raise_for_history,
 )
+from ryla_modal.comfy.events import EventHub
 from ryla_modal.comfy.process import ComfyProcess
 from ryla_modal.errors import (
     ComfyUIUnavailable,
@@ -450,6 +450,13 @@ class ComfyRunner:
         if delete_outputs and comfy_output_dir is None:
             raise ValueError("delete_outputs=True needs comfy_output_dir (ComfyUI's output folder)")
         self.api = ComfyAPI(base_url, http_timeout=http_timeout, connect_timeout=connect_timeout)
+        #: One socket for all of this runner's prompts (they are submitted under its client id).
+        self.events = EventHub(self.api)
+        self._queue_lock = threading.Lock()
+        #: Prompt ids in ComfyUI's queue when this runner first looked (None: not looked yet).
+        self._queued_at_first_look: frozenset[str] | None = None
+        #: Prompts this runner submitted that have no history entry in its hands yet.
+        self._in_flight: set[str] = set()
         self.work_dir = work_dir
         self.comfy_output_dir = comfy_output_dir
         self.delete_outputs = delete_outputs
@@ -461,6 +468,7 @@ class ComfyRunner:
         self.websocket_nodes = websocket_nodes
 
     def close(self) -> None:
+        self.events.close()
         self.api.close()
 
     def __enter__(self) -> ComfyRunner:
@@ -511,6 +519,8 @@ class ComfyRunner:
         except ComfyUIUnavailable as exc:
             raise self._explain(exc) from exc
         t_exec_end = time.monotonic()
+        with self._queue_lock:
+            self._in_flight.discard(job_id)  # in the history now, where the next look finds it
         raise_for_history(entry, job_id=job_id)
         lost = sent.missing()
         if lost:
@@ -557,7 +567,7 @@ class ComfyRunner:
         # Idempotency: ComfyUI does not check prompt_id uniqueness, so we do.  The queue first,
         # then the history: a prompt moves from one to the other (atomically, never back), so
         # asking in this order cannot miss one that finishes between the two questions.
-        queued = self.api.queue_state(job_id)
+        queued = self.api.queue_state(job_id) if self._may_be_queued(job_id) else None
         if queued is None:
             entry = self.api.history(job_id)
             if entry is not None:
@@ -597,21 +607,24 @@ class ComfyRunner:
             raise JobDetached(job_id, submitted=False)
         if self.delete_outputs:
             prompt = uncache_sinks(prompt, job_id)
-        client_id = uuid.uuid4().hex
-        socket: EventSocket | None
+
+        def subscribe(open_timeout: float) -> EventStream:
+            return self.events.subscribe(job_id, open_timeout=open_timeout)
+
+        socket: EventStream | None
         try:
-            socket = self.api.open_events(client_id)  # before submitting: no event is missed
+            socket = subscribe(defaults.COMFY_WS_OPEN_TIMEOUT_S)  # before submitting: none missed
         except SocketClosed:
             socket = None  # follow_prompt polls /history and keeps trying to reconnect
         try:
             t_submit = time.monotonic()
-            self._submit(prompt, job_id, client_id)
+            self._submit(prompt, job_id, self.events.client_id)
             emit(tracker.progress())
             entry = follow_prompt(
                 self.api,
                 job_id,
                 socket=socket,
-                client_id=client_id,
+                reopen=subscribe,
                 deadline=deadline,
                 on_event=_both(tracker.on_event, sent.on_event),
                 check_alive=check_alive,
@@ -634,7 +647,32 @@ class ComfyRunner:
         timings.executing = span - (timings.model_load or 0.0)
         return entry
 
+    def _may_be_queued(self, job_id: str) -> bool:
+        """Whether ComfyUI's queue can hold ``job_id`` already, so GET /queue must be asked.
+
+        /queue answers with every pending prompt whole, so asking it for each of N jobs in
+        flight costs N² (under load, the largest cost per job).  A prompt can be in the queue
+        only if it was there when this runner first looked, or this runner submitted it since
+        and has not seen it end: a server's earlier process submitted before this one started,
+        and ComfyUI restarted empties the queue.  Those are the ids asked about; for the rest,
+        the history (asked next, for every job) settles it.
+        """
+        with self._queue_lock:
+            if job_id in self._in_flight:
+                return True
+            if self._queued_at_first_look is None:
+                queue = self.api.queue()  # ComfyUIUnavailable: the caller explains it
+                self._queued_at_first_look = frozenset(
+                    str(item[1])
+                    for key in ("queue_running", "queue_pending")
+                    for item in queue.get(key) or []
+                    if isinstance(item, list) and len(item) > 1
+                )
+            return job_id in self._queued_at_first_look
+
     def _submit(self, prompt: Mapping[str, Any], job_id: str, client_id: str) -> None:
+        with self._queue_lock:
+            self._in_flight.add(job_id)  # before sending: a lost answer may hide a queued prompt
         try:
             self.api.submit(prompt, prompt_id=job_id, client_id=client_id)
         except ComfyUIUnavailable:

@@ -3,7 +3,8 @@
 Every route answers as the transcripts in ``shared/comfyui-protocol/`` show, including the plain
 aiohttp 500 for a body that is not JSON.  Test-only routes live under ``/_fake/``:
 ``POST /_fake/fault {"fault": "none|drop-socket|die|stall|mute-socket", "after_node": 1}`` arms a
-fault for the next job; ``GET /_fake/stats`` counts what POST /prompt received, queued and executed.
+fault for the next job; ``GET /_fake/stats`` counts what POST /prompt received, queued and
+executed, and the requests per route.
 
 Like ComfyUI with ryla's ``ryla_snapshot`` node (``ryla_modal/cloud/snapshot_node.py``): started
 with ``RYLA_COMFYUI_DEFER_GPU=1`` it stays on the "cpu" until ``POST /ryla/gpu`` moves it (503
@@ -80,6 +81,7 @@ class StandIn:
         self.sockets: dict[str, web.WebSocketResponse] = {}  # by sid: who gets messages
         self.connections: dict[int, web.Request] = {}  # every open socket, for drop-socket
         self.client_flags: dict[str, Any] = {}
+        self.requests: dict[str, int] = {}  # "GET /queue" -> how many, for /_fake/stats
         self.gpu_move_fails = bool(args.gpu_move_fails)
         self.muted = False
         self.engine = Engine(
@@ -182,13 +184,23 @@ class StandIn:
         ]
         app = web.Application(client_max_size=MAX_UPLOAD_SIZE)
         for method, path, handler in routes:
-            app.router.add_route(method, path, handler)
+            counted = self._counted(f"{method} {path}", handler)
+            app.router.add_route(method, path, counted)
             if path != "/":
-                app.router.add_route(method, "/api" + path, handler)  # the frontend's prefix
+                app.router.add_route(method, "/api" + path, counted)  # the frontend's prefix
         app.router.add_post("/ryla/gpu", self.ryla_gpu)
         app.router.add_post("/_fake/fault", self.fake_fault)
         app.router.add_get("/_fake/stats", self.fake_stats)
         return app
+
+    def _counted(self, route: str, handler: Handler) -> Handler:
+        """``handler``, counted per route in ``/_fake/stats`` (``requests``; "GET /ws": sockets)."""
+
+        async def counted(request: web.Request) -> web.StreamResponse:
+            self.requests[route] = self.requests.get(route, 0) + 1
+            return await handler(request)
+
+        return counted
 
     # --- websocket ---------------------------------------------------------------------------
 
@@ -519,6 +531,7 @@ class StandIn:
                 "prompts_queued": s.prompts_queued,
                 "prompts_executed": s.prompts_executed,
                 "prompt_ids": list(s.prompt_ids),
+                "requests": dict(self.requests),
             }
         )
 
