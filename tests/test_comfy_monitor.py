@@ -6,9 +6,11 @@ cannot succeed is a command that exits at once.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -22,6 +24,7 @@ from ryla_modal.comfy.process import (
     RestartPolicy,
 )
 from ryla_modal.errors import ComfyUIUnavailable
+from tests._http_server import Answer, ScriptedServer, json_answer
 from tests.conftest import ComfyServer
 
 FAST = RestartPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2)
@@ -93,3 +96,31 @@ def test_a_url_that_refuses_is_down_and_waited_for(
     finally:
         monitor.close()
         monitor.join()
+
+
+def test_a_burst_of_jobs_shares_one_readiness_probe() -> None:
+    """Jobs arriving while a probe is in flight take its answer instead of probing again."""
+    gate = threading.Event()
+
+    def app(method: str, path: str, query: dict[str, list[str]], body: bytes) -> Answer:
+        if path == "/system_stats":
+            gate.wait(10)  # held until every job is waiting
+        return json_answer({"system": {}, "devices": []})
+
+    with ScriptedServer(app) as server:
+        monitor = ComfyMonitor(server.url, probe_timeout_s=20)  # not started: no probes of its own
+        entered: list[int] = []
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+
+            def job(n: int) -> bool:
+                entered.append(n)
+                return monitor.wait_up(30)
+
+            futures = [pool.submit(job, n) for n in range(16)]
+            _until(lambda: len(entered) == 16 and len(server.paths()) >= 1, 10)
+            time.sleep(0.3)  # let the last ones reach the wait; a straggler only adds a probe
+            gate.set()
+            assert [f.result(timeout=30) for f in futures] == [False] * 16
+        probes = server.paths().count("/system_stats")
+    assert 1 <= probes <= 3, f"{probes} probes for 16 jobs"
+    assert monitor.state == COMFY_OK

@@ -485,6 +485,8 @@ class ComfyMonitor:
         self._streak = 0
         self._silent = 0  # probes in a row that timed out
         self._waiters = 0
+        self._probing = False  # a probe is in flight (its answer is shared)
+        self._probe_generation = 0  # probes finished so far
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._client = httpx.Client(trust_env=False)
@@ -493,9 +495,12 @@ class ComfyMonitor:
     @property
     def state(self) -> str:
         with self._cond:
-            if self._state == COMFY_OK and self._process_dead():
-                return COMFY_DOWN  # between its death and the monitor's next look
-            return self._state
+            return self._state_locked()
+
+    def _state_locked(self) -> str:
+        if self._state == COMFY_OK and self._process_dead():
+            return COMFY_DOWN  # between its death and the monitor's next look
+        return self._state
 
     def start(self) -> None:
         """Begin watching (and restarting) in a thread of its own."""
@@ -578,6 +583,32 @@ class ComfyMonitor:
             log.log(level, "ComfyUI at %s is %s (was %s)", self.base_url, state, before)
 
     def _probe_now(self) -> str:
+        """One readiness probe, shared: callers that arrive while one is in flight take its answer.
+
+        A burst of N jobs then costs ComfyUI (and this process) one probe, not N.  The answer
+        comes after they arrived, which is as fresh as a probe of their own.
+        """
+        with self._cond:
+            if self._probing:
+                generation = self._probe_generation
+                give_up = time.monotonic() + self.probe_timeout_s + 1.0
+                while self._probing and self._probe_generation == generation:
+                    left = give_up - time.monotonic()
+                    if left <= 0:
+                        break  # that probe is stuck past its own timeout: probe ourselves
+                    self._cond.wait(left)
+                else:
+                    return self._state_locked()
+            self._probing = True
+        try:
+            return self._probe_once()
+        finally:
+            with self._cond:
+                self._probing = False
+                self._probe_generation += 1
+                self._cond.notify_all()
+
+    def _probe_once(self) -> str:
         """One readiness probe (unless the process is known dead); updates and returns state."""
         with self._cond:
             if self._state in (COMFY_RESTARTING, COMFY_FAILED):
