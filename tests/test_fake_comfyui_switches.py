@@ -180,6 +180,9 @@ def test_stats_count_what_post_prompt_received(launch_stub: Launch) -> None:
     good = submit(server, simple_workflow(unique("stats")), "c")
     wait_history(server, good)
     stats = httpx.get(f"{server.base_url}/_fake/stats", timeout=T).json()
+    requests = stats.pop("requests")
+    assert requests["POST /prompt"] == 4, "every request counts, parsed or not"
+    assert requests["GET /history/{prompt_id}"] >= 1
     assert stats == {
         "prompts_received": 3,
         "prompts_queued": 1,
