@@ -401,14 +401,19 @@ class ComfyAPI:
         data = self._json(self._request("GET", "/queue"), "GET /queue")
         return data if isinstance(data, dict) else {}
 
-    def queue_state(self, prompt_id: str) -> str | None:
-        """ "running", "pending", or None when the prompt is not in the queue."""
+    def queued(self) -> dict[str, str]:
+        """{prompt id: "running" | "pending"} for every prompt in the queue."""
         q = self.queue()
+        found: dict[str, str] = {}
         for state, key in (("running", "queue_running"), ("pending", "queue_pending")):
             for item in q.get(key) or []:
-                if isinstance(item, list) and len(item) > 1 and str(item[1]) == prompt_id:
-                    return state
-        return None
+                if isinstance(item, list) and len(item) > 1:
+                    found.setdefault(str(item[1]), state)
+        return found
+
+    def queue_state(self, prompt_id: str) -> str | None:
+        """ "running", "pending", or None when the prompt is not in the queue."""
+        return self.queued().get(prompt_id)
 
     def interrupt(self, prompt_id: str | None = None) -> None:
         """Interrupt ``prompt_id`` if it is the one running (ComfyUI ignores it otherwise)."""
@@ -586,8 +591,7 @@ def follow_prompt(
     iteration, so a dead ComfyUI is reported within about ``poll_s``.  Raises ExecutionTimeout at
     ``deadline`` (after interrupting the prompt), JobCancelled when ``cancel`` is set and ComfyUI
     confirms it or the prompt vanished from the queue, ComfyUIUnavailable when ComfyUI is gone,
-    JobDetached
-    (leaving the prompt alone) when ``detach`` is set.
+    JobDetached (leaving the prompt alone) when ``detach`` is set.
     """
     w = _Follower(api, prompt_id, socket, reopen, on_event, check_alive, cancel, poll_s)
     w.on_frame = on_frame

@@ -661,13 +661,8 @@ class ComfyRunner:
             if job_id in self._in_flight:
                 return True
             if self._queued_at_first_look is None:
-                queue = self.api.queue()  # ComfyUIUnavailable: the caller explains it
-                self._queued_at_first_look = frozenset(
-                    str(item[1])
-                    for key in ("queue_running", "queue_pending")
-                    for item in queue.get(key) or []
-                    if isinstance(item, list) and len(item) > 1
-                )
+                # ComfyUIUnavailable: the caller explains it
+                self._queued_at_first_look = frozenset(self.api.queued())
             return job_id in self._queued_at_first_look
 
     def _submit(self, prompt: Mapping[str, Any], job_id: str, client_id: str) -> None:
