@@ -17,7 +17,7 @@ import pytest
 from ryla_modal.client import InputUpload, InputURL, RylaClient
 from ryla_modal.errors import ExecutionError
 from ryla_modal.fetch import FetchRules
-from ryla_modal.gateway.app import Limits
+from ryla_modal.gateway.app import _CHUNK, Limits
 from tests._file_server import FileServer, file_server
 from tests.conftest import ComfyServer, random_color, stub_process, unique
 from tests.gateway_fixtures import TOKEN, Gateway, b64, png_bytes, running_gateway, sha256, wait_job
@@ -143,6 +143,30 @@ def test_a_long_text_is_a_file_only_and_the_client_reads_it_back(
     (info,) = result.job.outputs
     assert (info.kind, info.text, info.size) == ("text", None, len(long.encode("utf-8")))
     assert result.texts == [long]
+
+
+@pytest.mark.parametrize("size", [1, _CHUNK, _CHUNK + 1, 3 * _CHUNK + 5])
+def test_small_outputs_in_one_response_and_large_ones_streamed_serve_the_same_bytes(
+    gateway: Gateway, size: int
+) -> None:
+    """Up to one chunk an output goes out as one response, past it as a stream: either way the
+    bytes, their length and their x-sha256 are the file's."""
+    text = (unique("t") + "x" * size)[:size]
+    wf = {
+        "1": {"class_type": "PrimitiveString", "inputs": {"value": text}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+    }
+    c = gateway.client()
+    resp = c.post("/jobs", json={"workflow": wf})
+    assert resp.status_code == 202, resp.text
+    job = wait_job(c, resp.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    (info,) = job["outputs"]
+    download = c.get(f"/jobs/{job['job_id']}/outputs/{info['index']}")
+    assert download.status_code == 200
+    assert download.content == text.encode("ascii")
+    assert download.headers["content-length"] == str(size) == str(info["size"])
+    assert download.headers["x-sha256"] == info["sha256"] == sha256(download.content)
 
 
 def test_previews_are_left_out_unless_asked(gateway: Gateway) -> None:
