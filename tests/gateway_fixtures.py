@@ -145,6 +145,7 @@ def running_gateway(
         for c in gw.clients:
             c.close()
         server.stop()
+        app.state.close()
         executor.close()
         if deliverer is not None:
             deliverer.close()

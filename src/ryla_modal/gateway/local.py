@@ -150,6 +150,7 @@ def serve_local(
     deliverer: Deliverer | None = None
     monitor: ComfyMonitor | None = None
     sock: socket.socket | None = None
+    close_app: Callable[[], None] | None = None
     started = False  # "stopping"/"stopped" only once something was started
     try:
         sock = bind(host, port)
@@ -203,6 +204,7 @@ def serve_local(
             webhooks=webhooks,
             comfy_state=comfy_state,
         )
+        close_app = app.state.close
         config = uvicorn.Config(
             app,
             log_level="warning",
@@ -221,6 +223,8 @@ def serve_local(
     finally:
         if started:
             log.info("stopping")
+        if close_app is not None:
+            close_app()
         if monitor is not None:
             monitor.close()  # no restart from now on
         if executor is not None:
