@@ -260,6 +260,8 @@ def main() -> int:
     )
     print(f"  job timings, p50/p99 ms: {where}")
     print(f"  gateway peak RSS     {rss:.1f} MiB" if rss is not None else "  gateway peak RSS  n/a")
+    if not direct:
+        return 0  # --sequential 0: the load part only
     d50, r50 = statistics.median(direct), statistics.median(ryla)
     print(f"sequential: {args.sequential} runs each, interleaved")
     print(f"  direct ComfyUI client p50  {d50 * ms:.1f} ms")

@@ -126,8 +126,7 @@ def serve_local(
 
     Refuses (ConfigError, from ``config.serve_token``) a blank token, and to listen beyond
     loopback without a token.  ``allow_private_urls``: inputs by URL may name private and
-    loopback addresses (local use, tests).
-    loopback without a token.  ``webhooks`` defaults to ``WebhookSettings.from_env()``
+    loopback addresses (local use, tests).  ``webhooks`` defaults to ``WebhookSettings.from_env()``
     (``RYLA_WEBHOOK_SECRET``); ``allow_private_webhooks`` lets webhooks reach private and
     loopback addresses (a receiver on this machine or the local network).
     """
