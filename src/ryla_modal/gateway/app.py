@@ -87,9 +87,9 @@ _T = TypeVar("_T")
 class _Threads:
     """The threads the routes' blocking work (SQLite, files, object_info) runs in.
 
-    asyncio's own executor hop rather than starlette's ``run_in_threadpool``: anyio's (a
-    capacity limiter, a cancel scope and a queue per call) and its 40 threads cost ~20% of the
-    gateway's CPU per job under load (bench/load.py); fewer threads contend less for the GIL.
+    asyncio's own executor hop rather than starlette's ``run_in_threadpool`` (anyio: a capacity
+    limiter, a cancel scope and a queue per call, on 40 threads): under bench/load.py that and
+    the GIL contention of 40 threads beside the job threads were ~12% of the gateway's CPU.
     """
 
     def __init__(self, threads: int) -> None:
