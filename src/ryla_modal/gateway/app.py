@@ -998,6 +998,10 @@ class _Api:
     def validate(self, workflow: Mapping[str, Any]) -> ValidationReport:
         """ComfyUI's verdict from object_info (``checked=False`` when it is unavailable)."""
         self.check_structure(workflow)
+        return self._verdict(workflow)
+
+    def _verdict(self, workflow: Mapping[str, Any]) -> ValidationReport:
+        """``validate`` on a workflow whose structure was checked already."""
         source = self.object_info
         info = source() if source is not None else None
         if source is None or info is None:
@@ -1022,7 +1026,7 @@ class _Api:
         return ValidationReport(ok=False, checked=True, error=error, node_errors=node_errors)
 
     def _check_object_info(self, job_id: str, workflow: Mapping[str, Any]) -> None:
-        verdict = self.validate(workflow)
+        verdict = self._verdict(workflow)  # accept() checked the structure
         if verdict.ok:
             return
         error = verdict.error or {}
