@@ -10,6 +10,7 @@ import base64
 import concurrent.futures
 import io
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +22,8 @@ import pytest
 from PIL import Image
 
 from ryla_modal.gateway.app import Limits
-from ryla_modal.gateway.schemas import Job
+from ryla_modal.gateway.schemas import Job, JobRecord
+from ryla_modal.gateway.store import MemoryJobStore
 from tests.conftest import ComfyServer, simple_workflow, slow_workflow, unique
 from tests.gateway_fixtures import (
     TERMINAL,
@@ -367,6 +369,68 @@ def test_long_poll_answers_when_the_job_changes(make_gateway: MakeGateway) -> No
     t0 = time.monotonic()
     assert c.get(f"/jobs/{job_id}", params={"wait": 20}).json()["status"] == "succeeded"
     assert time.monotonic() - t0 < 10  # a final job answers at once
+
+
+class _WatchedStore(MemoryJobStore):
+    """Says when a long poll begins to wait, so a test changes the job only after that."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    async def wait_for_change(self, job_id: str, revision: int, wait_s: float) -> None:
+        self.waiting.set()
+        await super().wait_for_change(job_id, revision, wait_s)
+
+
+def _queued_record(store: _WatchedStore) -> JobRecord:
+    """Queued, as no worker will ever take it (a "running" one without a worker is failed)."""
+    now = time.time()
+    record = JobRecord(
+        job_id=new_id(), status="queued", created_at=now, updated_at=now, workflow_sha256="0" * 64
+    )
+    stored, created = store.create_if_absent(record)  # no worker: only this test changes it
+    assert created
+    return stored
+
+
+def _next_change(store: _WatchedStore, job_id: str, **fields: Any) -> None:
+    """Once the long poll waits (again), change the job."""
+    assert store.waiting.wait(20), "the long poll never began to wait"
+    store.waiting.clear()
+    assert store.update(job_id, **fields) is not None
+
+
+def test_a_long_poll_carries_changes_close_together_in_one_answer(
+    make_gateway: MakeGateway,
+) -> None:
+    """A change that is not final is held for the next (a job's start writes two in a few ms);
+    a final change ends the wait at once, whatever the linger."""
+    store = _WatchedStore()
+    gw = make_gateway(store=store, limits=Limits(progress_linger_s=60))
+    record = _queued_record(store)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(
+            gw.client().get, f"/jobs/{record.job_id}", params={"wait": 20}, timeout=30
+        )
+        _next_change(store, record.job_id, phase="starting_comfyui")
+        _next_change(store, record.job_id, status="cancelled", phase=None)
+        job = answer.result(timeout=30).json()
+    assert job["status"] == "cancelled"  # not the first change alone: queued, starting_comfyui
+
+
+def test_a_lingering_long_poll_still_answers_by_its_wait(make_gateway: MakeGateway) -> None:
+    """The linger never outlasts the wait asked for, and the answer carries the change seen."""
+    store = _WatchedStore()
+    gw = make_gateway(store=store, limits=Limits(progress_linger_s=60))
+    record = _queued_record(store)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(
+            gw.client().get, f"/jobs/{record.job_id}", params={"wait": 1}, timeout=30
+        )
+        _next_change(store, record.job_id, phase="starting_comfyui")
+        job = answer.result(timeout=30).json()
+    assert (job["status"], job["phase"]) == ("queued", "starting_comfyui")
 
 
 def test_generate_inlines_outputs(make_gateway: MakeGateway) -> None:

@@ -109,6 +109,7 @@ GATEWAY_MAX_PENDING_JOBS = 1000  # queued + running jobs before POST /jobs answe
 GENERATE_WAIT_S = 120.0  # POST /generate waits this long (Modal answers 303 after 150 s)
 GENERATE_INLINE_MAX_BYTES = 24 * 1024 * 1024  # outputs inlined in a /generate answer, all together
 GATEWAY_PROGRESS_MIN_INTERVAL_S = 0.2  # progress written to the job store at most 5/s per job
+GATEWAY_PROGRESS_LINGER_S = 0.1  # a long poll holds a non-final change this long for the next
 GATEWAY_STORE_POLL_S = 0.5  # long polls re-read a store that cannot notify (modal.Dict) this often
 OBJECT_INFO_TIMEOUT_S = 30.0  # GET /object_info (~0.5 MB from a real ComfyUI)
 OBJECT_INFO_WAIT_S = 2.0  # a request waits this long for a fetch in flight, then goes unchecked

@@ -122,6 +122,8 @@ class Limits:
     max_pending_jobs: int = defaults.GATEWAY_MAX_PENDING_JOBS
     generate_wait_s: float = defaults.GENERATE_WAIT_S
     generate_inline_max_bytes: int = defaults.GENERATE_INLINE_MAX_BYTES
+    #: A long poll holds a change that is not final this long for the ones right behind it.
+    progress_linger_s: float = defaults.GATEWAY_PROGRESS_LINGER_S
     #: Inputs by URL may name private/loopback addresses (``ryla serve --allow-private-urls``).
     allow_private_urls: bool = False
 
@@ -617,7 +619,7 @@ def create_app(
     ) -> Job:
         record = await api.current(job_id)
         if wait > 0 and record.status not in TERMINAL_STATUSES:
-            record = await api.wait_change(record, wait)
+            record = await api.wait_change(record, wait, lim.progress_linger_s)
         return record.public()
 
     @app.get(
@@ -1066,18 +1068,26 @@ class _Api:
     async def current(self, job_id: str) -> JobRecord:
         return await self.threads.run(self._known, job_id)
 
-    async def wait_change(self, record: JobRecord, wait_s: float) -> JobRecord:
-        """The record once it differs from ``record``, or as it is after ``wait_s``."""
+    async def wait_change(
+        self, record: JobRecord, wait_s: float, linger_s: float = 0.0
+    ) -> JobRecord:
+        """The record once it differs from ``record``, or as it is after ``wait_s``.
+
+        ``linger_s``: a change that is not final is held that long for the changes right behind
+        it (a job's start writes two within milliseconds), so one answer carries them and the
+        poller asks once; a final change is answered at once.
+        """
         deadline = time.monotonic() + wait_s
         stop = self.draining.event()
+        seen = record
         while True:
             if stop.is_set():
                 raise stopping_error()
             left = deadline - time.monotonic()
             if left <= 0:
-                return record
+                return seen
             change = asyncio.ensure_future(
-                self.store.wait_for_change(record.job_id, record.revision, left)
+                self.store.wait_for_change(seen.job_id, seen.revision, left)
             )
             stopped = asyncio.ensure_future(stop.wait())
             try:
@@ -1087,9 +1097,14 @@ class _Api:
                     task.cancel()
             if stop.is_set():
                 raise stopping_error()
-            now = await self.threads.run(self._known, record.job_id)
-            if now.revision != record.revision:
+            now = await self.threads.run(self._known, seen.job_id)
+            if now.revision == seen.revision:
+                continue
+            if now.status in TERMINAL_STATUSES or linger_s <= 0:
                 return now
+            if seen is record:  # the first change: linger for the next, within the wait
+                deadline = min(deadline, time.monotonic() + linger_s)
+            seen = now
 
     async def wait_finished(self, record: JobRecord, wait_s: float) -> JobRecord:
         deadline = time.monotonic() + wait_s
