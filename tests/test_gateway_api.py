@@ -776,6 +776,15 @@ def test_openapi_document_shows_the_contract(make_gateway: MakeGateway) -> None:
     assert ref.endswith("/JobRequest")
     assert {"200", "202", "401", "409", "413", "422"} <= set(post["responses"])
     assert json.dumps(doc)  # serialisable
+    # the guard wants the token everywhere, and the document says so
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert doc["security"] == [{"bearer": []}]
+
+
+def test_openapi_document_without_a_token_names_no_scheme(make_gateway: MakeGateway) -> None:
+    doc = make_gateway(token=None).client(token=False).get("/openapi.json").json()
+    assert "security" not in doc
+    assert "securitySchemes" not in doc.get("components", {})
 
 
 def test_job_timeout_fails_the_job_and_frees_comfyui(make_gateway: MakeGateway) -> None:

@@ -761,7 +761,16 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            _document_limits(FastAPI.openapi(app), lim)
+            doc = FastAPI.openapi(app)
+            _document_limits(doc, lim)
+            if token is not None:  # the guard wants it on every route: say so to client makers
+                schemes = doc.setdefault("components", {}).setdefault("securitySchemes", {})
+                schemes["bearer"] = {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the server's token (`ryla serve`: RYLA_TOKEN)",
+                }
+                doc["security"] = [{"bearer": []}]
         assert app.openapi_schema is not None
         return app.openapi_schema
 
