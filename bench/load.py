@@ -15,8 +15,19 @@ ComfyUI's own queue, not in ours), then:
    generator used; and the gateway's peak RSS (VmHWM).  At concurrency C the client-side
    overhead is mostly queueing: C jobs / throughput (Little's law), and throughput is bounded
    by the gateway's CPU per job.
+   The same N x C load is first run straight at ComfyUI by C callers of its own API (socket,
+   POST /prompt, history, /view; one submit per job), and both loads' job walls are printed:
+   what a caller waits through ryla against what it waits without it, ComfyUI's queue included.
+   Every caller's connections are opened before the clock starts: C callers on C machines open
+   theirs in parallel, and one load generator opening 3 x C of them at once measures only its
+   own event loop (it took ~300 ms of the first wave on a 2-core machine).
 2. sequential: one job at a time through serve + RylaClient.generate, against a direct client of
    ComfyUI's own API (bench/overhead.py's), interleaved; prints the p50 difference.
+
+``--node-ms 0`` (the default) makes ComfyUI instant: the gateway's CPU is the bottleneck, the
+harshest case for it.  ``--node-ms 20`` makes ComfyUI the bottleneck, as a GPU is (its prompts
+still take 20-500x less than real ones): then C jobs wait in ComfyUI's queue, and what the
+gateway adds shows in the first wave (C x 3 submits at one instant) and in each job's tail.
 
 Goals at 500 x 64: 0 lost, 0 twice, 0 5xx, overhead p99 <= 250 ms; sequential p50 <= 10 ms.
 
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -41,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from websockets.asyncio.client import ClientConnection, connect
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -62,6 +75,7 @@ class Tally:
         self.server_overheads: list[float] = []
         self.finals: dict[str, str] = {}
         self.phases: dict[str, list[float]] = {}
+        self.walls: list[float] = []  # succeeded jobs: first POST to last output byte
         self.first_wave = 0
 
     def seen(self, resp: httpx.Response) -> httpx.Response:
@@ -104,6 +118,41 @@ async def one_job(http: httpx.AsyncClient, tally: Tally, i: int) -> None:
             if value is not None:
                 tally.phases.setdefault(name, []).append(value)
         tally.phases.setdefault("client wall", []).append(wall)
+        tally.walls.append(wall)
+
+
+async def direct_job(
+    http: httpx.AsyncClient, ws: ClientConnection, client_id: str, tally: Tally, i: int
+) -> None:
+    """One job the way a script talking to ComfyUI itself runs it (bench/overhead.py's
+    direct_run, async): POST /prompt, wait on the socket for its end, GET its history, GET
+    every image from /view."""
+    start = time.perf_counter()
+    resp = tally.seen(
+        await http.post("/prompt", json={"prompt": workflow(f"direct{i}"), "client_id": client_id})
+    )
+    prompt_id = resp.json()["prompt_id"]
+    status = "failed"
+    for _ in range(100_000):  # bounded: each message waits at most 60 s
+        message = await asyncio.wait_for(ws.recv(), timeout=60)
+        if isinstance(message, bytes):
+            continue
+        event = json.loads(message)
+        data = event.get("data") or {}
+        if data.get("prompt_id") != prompt_id:
+            continue
+        if event["type"] == "executing" and data.get("node") is None:
+            status = "succeeded"
+            break
+        if event["type"] in ("execution_error", "execution_interrupted"):
+            break
+    history = tally.seen(await http.get(f"/history/{prompt_id}")).json()[prompt_id]
+    for node_output in history["outputs"].values():
+        for item in node_output.get("images", []):
+            tally.seen(await http.get("/view", params=item))
+    tally.finals[prompt_id] = status
+    if status == "succeeded":
+        tally.walls.append(time.perf_counter() - start)
 
 
 async def load(url: str, token: str, jobs: int, concurrency: int) -> tuple[Tally, float]:
@@ -131,13 +180,52 @@ async def load(url: str, token: str, jobs: int, concurrency: int) -> tuple[Tally
     ]
 
     async def worker(http: httpx.AsyncClient) -> None:
-        async with http:
-            while not queue.empty():
-                await one_job(http, tally, queue.get_nowait())
+        while not queue.empty():
+            await one_job(http, tally, queue.get_nowait())
 
+    # Connected before the clock too (both loads): C callers on C machines would each open
+    # theirs in parallel; one load generator opening 3C at once measures its own event loop.
+    for http in clients:
+        await asyncio.gather(*(http.get("/health") for _ in range(3)))
     start = time.perf_counter()
     await asyncio.gather(*(worker(http) for http in clients))
-    return tally, time.perf_counter() - start
+    wall = time.perf_counter() - start
+    for http in clients:
+        await http.aclose()
+    return tally, wall
+
+
+async def direct_load(comfy_url: str, jobs: int, concurrency: int) -> tuple[Tally, float]:
+    """The same N jobs, C at a time, straight at ComfyUI: the baseline ryla's walls are held to.
+
+    Each of the C callers keeps one client and one websocket (opened before the clock starts),
+    as a script would.  One submit per job: ComfyUI has no job ids to deduplicate on.
+    """
+    tally = Tally()
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(jobs):
+        queue.put_nowait(i)
+    ws_url = comfy_url.replace("http://", "ws://") + "/ws?clientId="
+    callers = []
+    for _ in range(concurrency):
+        client_id = uuid.uuid4().hex
+        http = httpx.AsyncClient(base_url=comfy_url, timeout=httpx.Timeout(60.0), trust_env=False)
+        ws = await connect(ws_url + client_id, open_timeout=30, close_timeout=1, max_size=None)
+        (await http.get("/system_stats")).raise_for_status()
+        callers.append((http, ws, client_id))
+
+    async def worker(http: httpx.AsyncClient, ws: ClientConnection, client_id: str) -> None:
+        while not queue.empty():
+            await direct_job(http, ws, client_id, tally, queue.get_nowait())
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(*caller) for caller in callers))
+    wall = time.perf_counter() - start
+    # Closed after the clock: a websocket's closing handshake can wait its close_timeout.
+    for http, ws, _ in callers:
+        await http.aclose()
+        await ws.close()
+    return tally, wall
 
 
 def peak_rss_mib(pid: int) -> float | None:
@@ -203,6 +291,9 @@ def main() -> int:
                     break
                 except Exception:
                     time.sleep(0.1)
+            direct_tally, direct_wall = asyncio.run(
+                direct_load(comfy_url, args.jobs, args.concurrency)
+            )
             cpu_before = cpu_seconds(serve.pid)
             mine_before = time.process_time()
             tally, wall = asyncio.run(load(url, token, args.jobs, args.concurrency))
@@ -250,9 +341,20 @@ def main() -> int:
     server = tally.server_overheads
     p50, p99 = pct(server, 0.5) * ms, pct(server, 0.99) * ms
     print(f"  server-side overhead p50 {p50:.1f} ms, p99 {p99:.1f} ms (total minus ComfyUI's time)")
+    print("  against a direct ComfyUI client under the same load (C callers, one submit per job):")
+    print(f"    throughput         {args.jobs / direct_wall:.1f} jobs/s ({direct_wall:.1f} s)")
+    direct_lost = args.jobs - len(direct_tally.walls)
+    if direct_lost:
+        print(f"    ({direct_lost} direct jobs did not succeed: the figures below leave them out)")
+    for q, label in ((0.5, "p50"), (0.99, "p99")):
+        r, d = pct(tally.walls, q) * ms, pct(direct_tally.walls, q) * ms
+        print(f"    job wall {label}       ryla {r:.1f} ms, direct {d:.1f} ms ({r - d:+.1f} ms)")
     if cpu_before is not None and cpu_after is not None:
         used = cpu_after - cpu_before
-        print(f"  gateway CPU          {used:.1f} s ({used / wall:.0%} of a core)")
+        print(
+            f"  gateway CPU          {used:.1f} s ({used / wall:.0%} of a core;"
+            f" {used / args.jobs * ms:.1f} ms per job)"
+        )
     print(f"  load generator CPU   {mine:.1f} s ({mine / wall:.0%} of a core)")
     where = ", ".join(
         f"{k} {statistics.median(v) * ms:.0f}/{pct(v, 0.99) * ms:.0f}"
