@@ -93,11 +93,37 @@ def test_host_check_can_be_turned_off_behind_an_authenticating_proxy(
 ) -> None:
     store = MemoryJobStore()
     executor = LocalExecutor(store, comfy.base_url, workers=1, work_dir=tmp_path / "w")
-    server = UvicornThread(create_app(executor, store, check_host=False))
+    server = UvicornThread(create_app(executor, store, check_host=False, proxy_auth=True))
     server.start()
     try:
         resp = httpx.get(f"{server.url}/health", headers={"host": "ws--app.modal.run"}, timeout=10)
         assert resp.status_code == 200
+        # The proxy's headers are what every route wants: the document names them, both at once.
+        doc = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+        schemes = doc["components"]["securitySchemes"]
+        assert {(v["type"], v["in"], v["name"]) for v in schemes.values()} == {
+            ("apiKey", "header", "Modal-Key"),
+            ("apiKey", "header", "Modal-Secret"),
+        }
+        assert doc["security"] == [{name: [] for name in schemes}]
+    finally:
+        server.stop()
+        executor.close()
+
+
+def test_a_token_behind_proxy_auth_is_asked_for_with_the_proxy_headers(
+    comfy: ComfyServer, tmp_path: Path
+) -> None:
+    store = MemoryJobStore()
+    executor = LocalExecutor(store, comfy.base_url, workers=1, work_dir=tmp_path / "w")
+    server = UvicornThread(create_app(executor, store, token=TOKEN, proxy_auth=True))
+    server.start()
+    try:
+        auth = {"authorization": f"Bearer {TOKEN}"}
+        doc = httpx.get(f"{server.url}/openapi.json", headers=auth, timeout=10).json()
+        (requirement,) = doc["security"]
+        assert set(requirement) == {"bearer", "ModalKey", "ModalSecret"}
+        assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     finally:
         server.stop()
         executor.close()

@@ -534,6 +534,9 @@ def test_modal_gateway_end_to_end_over_http(local_worker: Any, tmp_path: Path) -
     try:
         with httpx.Client(base_url=server.url, timeout=30, trust_env=False) as client:
             assert client.get("/health").json()["executor"] == "modal"
+            # Modal's proxy checks these headers first: the document tells client makers so.
+            doc = client.get("/openapi.json").json()
+            assert doc["security"] == [{"ModalKey": [], "ModalSecret": []}]
             workflow: dict[str, Any] = {
                 "1": {
                     "class_type": "EmptyImage",

@@ -158,6 +158,7 @@ def create_modal_gateway(
         extra_models=VolumeModelFiles(Path(paths.MODELS_DIR), reload=models_volume.reload),
         # Modal's proxy auth guards this gateway, and its Host is the *.modal.run name.
         check_host=False,
+        proxy_auth=True,
         threads=defaults.MODAL_GATEWAY_HTTP_THREADS,  # each modal.Dict call waits on the network
     )
 

@@ -111,6 +111,26 @@ _PRINTABLE_DEPTH = 32  # error bodies are shallow; deeper parts are cut
 _LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
+def _security_schemes(bearer: bool, proxy_auth: bool) -> dict[str, dict[str, str]]:
+    """The OpenAPI security schemes a request must satisfy, all at once."""
+    schemes: dict[str, dict[str, str]] = {}
+    if bearer:
+        schemes["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "the server's token (`ryla serve`: RYLA_TOKEN)",
+        }
+    if proxy_auth:
+        for header, part in (("Modal-Key", "wk-…"), ("Modal-Secret", "ws-…")):
+            schemes[header.replace("-", "")] = {
+                "type": "apiKey",
+                "in": "header",
+                "name": header,
+                "description": f"Modal proxy-auth token ({part}; RYLA_MODAL_KEY/RYLA_MODAL_SECRET)",
+            }
+    return schemes
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one request may ask for; small values keep tests fast."""
@@ -531,6 +551,7 @@ def create_app(
     webhooks: WebhookSettings | None = None,
     comfy_state: Callable[[], tuple[str, int]] | None = None,
     threads: int = defaults.GATEWAY_HTTP_THREADS,
+    proxy_auth: bool = False,
 ) -> FastAPI:
     """The job API over ``executor`` and ``store``.
 
@@ -544,7 +565,9 @@ def create_app(
     ``gateway.webhooks.Deliverer``'s job, started by whoever composes the server.
     ``comfy_state`` (``ryla serve``): ComfyUI's state and restart count, for GET /health.
     ``threads``: how many requests' blocking work (SQLite, files) runs at once; a store behind
-    the network (``modal.Dict``) wants more.  ``app.state.drain()`` begins the shutdown answers
+    the network (``modal.Dict``) wants more.  ``proxy_auth``: a proxy in front checks Modal's
+    ``Modal-Key``/``Modal-Secret`` headers (``requires_proxy_auth``); the OpenAPI document names
+    them, so clients made from it send them.  ``app.state.drain()`` begins the shutdown answers
     (503 + Retry-After); ``app.state.close()`` lets the threads go once the server stopped.
     """
     if token and not token.strip():
@@ -763,14 +786,11 @@ def create_app(
         if app.openapi_schema is None:
             doc = FastAPI.openapi(app)
             _document_limits(doc, lim)
-            if token is not None:  # the guard wants it on every route: say so to client makers
-                schemes = doc.setdefault("components", {}).setdefault("securitySchemes", {})
-                schemes["bearer"] = {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "the server's token (`ryla serve`: RYLA_TOKEN)",
-                }
-                doc["security"] = [{"bearer": []}]
+            # Every route wants these (the guard, or the proxy in front): say so to client makers.
+            schemes = _security_schemes(token is not None, proxy_auth)
+            if schemes:
+                doc.setdefault("components", {})["securitySchemes"] = schemes
+                doc["security"] = [{name: [] for name in schemes}]  # all of them, together
         assert app.openapi_schema is not None
         return app.openapi_schema
 
