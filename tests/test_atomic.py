@@ -50,6 +50,16 @@ def _sqlite_output(tmp: Path) -> Path:
     return tmp / "data" / "outputs" / "job-1" / "0"
 
 
+def _moved_output(tmp: Path) -> Path:
+    """The gateway's way: the runner saves a job's output, the store takes the file."""
+    store = SQLiteJobStore(tmp / "data")
+    try:
+        store.put_output("job-1", 0, _save_output(tmp), move=True)
+    finally:
+        store.close()
+    return tmp / "data" / "outputs" / "job-1" / "0"
+
+
 def _dict_output(tmp: Path) -> Path:
     src = tmp / "src.bin"
     src.write_bytes(b"x" * 3_000_000)  # more than one copy chunk
@@ -61,6 +71,7 @@ WRITERS: dict[str, Callable[[Path], Path]] = {
     "saved output": _save_output,
     "manifest": _manifest,
     "sqlite store output": _sqlite_output,
+    "sqlite store output, moved": _moved_output,
     "dict store output": _dict_output,
 }
 
@@ -98,3 +109,40 @@ def test_link_new_never_replaces(tmp_path: Path) -> None:
         assert tmp.link_new(tmp_path / "free")
     assert (tmp_path / "taken").read_bytes() == b"first"
     assert (tmp_path / "free").read_bytes() == b"second"
+
+
+def test_a_moved_file_is_renamed_into_place_not_copied(tmp_path: Path) -> None:
+    src = tmp_path / "scratch" / "video.mp4"
+    src.parent.mkdir()
+    src.write_bytes(b"frames" * 1000)
+    os.chmod(src, 0o640)
+    inode = src.stat().st_ino
+    dest = tmp_path / "store" / "job" / "0"
+    write_atomic(dest, src, move=True)
+    assert not src.exists()
+    assert dest.read_bytes() == b"frames" * 1000
+    assert dest.stat().st_ino == inode  # the same file: its bytes were not written again
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o640  # and it keeps its mode
+
+
+def test_a_file_moved_to_another_filesystem_is_copied_then_removed(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a filesystem of its own")
+    src = shm / f"ryla-test-{os.getpid()}-{tmp_path.name}"
+    src.write_bytes(b"x" * 3_000_000)  # more than one copy chunk
+    try:
+        dest = tmp_path / "store" / "0"
+        write_atomic(dest, src, move=True)
+        assert dest.read_bytes() == b"x" * 3_000_000
+        assert not src.exists()
+        assert [p.name for p in dest.parent.iterdir()] == ["0"]  # no temp file left
+    finally:
+        src.unlink(missing_ok=True)
+
+
+def test_copying_keeps_the_source(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(b"keep me")
+    write_atomic(tmp_path / "dest", src)
+    assert src.read_bytes() == b"keep me" == (tmp_path / "dest").read_bytes()

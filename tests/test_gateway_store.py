@@ -117,6 +117,21 @@ def test_outputs_round_trip(store: JobStore, tmp_path: Path) -> None:
     assert store.open_output("other", 0) is None
 
 
+def test_an_output_handed_over_with_move_leaves_its_source_gone(
+    store: JobStore, tmp_path: Path
+) -> None:
+    store.create_if_absent(record())
+    src = tmp_path / "scratch" / "out.png"
+    src.parent.mkdir()
+    src.write_bytes(b"\x89PNG" * 1000)
+    store.put_output("job-1", 0, src, move=True)
+    assert not src.exists()
+    opened = store.open_output("job-1", 0)
+    assert opened is not None
+    with opened[0] as fh:
+        assert fh.read() == b"\x89PNG" * 1000 and opened[1] == 4000
+
+
 def test_wait_for_change_wakes_on_an_update_from_another_thread(store: JobStore) -> None:
     store.create_if_absent(record())
 

@@ -18,6 +18,7 @@ power cut too.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import threading
@@ -108,8 +109,15 @@ def staged(folder: Path, *, prefix: str = ".partial-", suffix: str = ".tmp") -> 
             tmp.path.unlink()
 
 
-def write_atomic(dest: Path, src: Path | bytes) -> None:
-    """``dest`` gets the bytes (or a copy of the file ``src``), whole or not at all."""
+def write_atomic(dest: Path, src: Path | bytes, *, move: bool = False) -> None:
+    """``dest`` gets the bytes (or a copy of the file ``src``), whole or not at all.
+
+    ``move``: the file ``src`` is spent (a job's output in its scratch folder): it is renamed
+    into place, keeping its mode, where it shares a filesystem with ``dest``, so a 2 GB video is
+    not written to disk twice; elsewhere it is copied, then removed.
+    """
+    if move and not isinstance(src, bytes) and _rename_into(Path(src), dest):
+        return
     with staged(dest.parent, prefix=f".{dest.name}.") as tmp:
         if isinstance(src, bytes):
             tmp.file.write(src)
@@ -118,6 +126,24 @@ def write_atomic(dest: Path, src: Path | bytes) -> None:
                 while chunk := inp.read(_COPY_CHUNK):
                     tmp.file.write(chunk)
         tmp.replace(dest)
+    if move and not isinstance(src, bytes):
+        with contextlib.suppress(FileNotFoundError):
+            Path(src).unlink()
+
+
+def _rename_into(src: Path, dest: Path) -> bool:
+    """Give the file ``src`` the name ``dest`` durably; False when they are on two filesystems."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with src.open("rb") as fh:
+        os.fsync(fh.fileno())  # its bytes are on disk before its new name is (a no-op if they are)
+    try:
+        os.replace(src, dest)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            return False
+        raise
+    fsync_dir(dest.parent)
+    return True
 
 
 __all__ = ["Staged", "current_umask", "fsync_dir", "staged", "write_atomic"]

@@ -507,8 +507,8 @@ class DictJobStore(JobStore):
             raise ValueError(f"bad output index {index}")
         return self.outputs_dir / _check_id(job_id) / str(index)
 
-    def put_output(self, job_id: str, index: int, src: Path | bytes) -> None:
-        write_atomic(self._output_path(job_id, index), src)
+    def put_output(self, job_id: str, index: int, src: Path | bytes, *, move: bool = False) -> None:
+        write_atomic(self._output_path(job_id, index), src, move=move)
         self._uncommitted = True
 
     def open_output(self, job_id: str, index: int) -> tuple[IO[bytes], int] | None:

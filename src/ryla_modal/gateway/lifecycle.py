@@ -132,7 +132,7 @@ def store_outputs(store: JobStore, job_id: str, result: RunResult) -> list[Outpu
         src: Path | bytes | None = out.path if out.path is not None else out.data
         if src is None:
             raise OutputIntegrityError(f"output {out.index} of job {job_id} has no content")
-        store.put_output(job_id, out.index, src)
+        store.put_output(job_id, out.index, src, move=True)  # the runner's scratch copy
         text = out.text
         if text is not None and len(text) > defaults.TEXT_OUTPUT_INLINE_MAX_CHARS:
             text = None  # too long for the record: the file has it

@@ -83,8 +83,11 @@ class JobStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def put_output(self, job_id: str, index: int, src: Path | bytes) -> None:
-        """Keep output ``index`` of a job (a file is copied; it appears whole or not at all)."""
+    def put_output(self, job_id: str, index: int, src: Path | bytes, *, move: bool = False) -> None:
+        """Keep output ``index`` of a job; it appears whole or not at all.
+
+        A file is copied, or with ``move`` taken (renamed where it can be; gone either way).
+        """
 
     @abc.abstractmethod
     def open_output(self, job_id: str, index: int) -> tuple[IO[bytes], int] | None:
@@ -362,10 +365,12 @@ class MemoryJobStore(JobStore):
         )
         return _page_of(chosen[: limit + 1], limit)
 
-    def put_output(self, job_id: str, index: int, src: Path | bytes) -> None:
+    def put_output(self, job_id: str, index: int, src: Path | bytes, *, move: bool = False) -> None:
         data = src if isinstance(src, bytes) else Path(src).read_bytes()
         with self._lock:
             self._outputs[(job_id, index)] = data
+        if move and not isinstance(src, bytes):
+            Path(src).unlink(missing_ok=True)
 
     def open_output(self, job_id: str, index: int) -> tuple[IO[bytes], int] | None:
         with self._lock:
@@ -641,8 +646,8 @@ class SQLiteJobStore(JobStore):
             raise ValueError(f"bad output address {job_id!r}/{index}")
         return self.outputs_dir / job_id / str(index)
 
-    def put_output(self, job_id: str, index: int, src: Path | bytes) -> None:
-        write_atomic(self._output_path(job_id, index), src)
+    def put_output(self, job_id: str, index: int, src: Path | bytes, *, move: bool = False) -> None:
+        write_atomic(self._output_path(job_id, index), src, move=move)
 
     def open_output(self, job_id: str, index: int) -> tuple[IO[bytes], int] | None:
         try:
