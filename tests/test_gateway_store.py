@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -12,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from ryla_modal.errors import ConfigError
+from ryla_modal.gateway import store as store_module
 from ryla_modal.gateway.schemas import (
     InputMeta,
     JobError,
     JobRecord,
     Progress,
+    WebhookStatus,
     workflow_identity,
 )
 from ryla_modal.gateway.store import JobStore, MemoryJobStore, SQLiteJobStore
@@ -170,6 +173,60 @@ def test_sqlite_records_and_outputs_survive_a_reopen(tmp_path: Path) -> None:
         opened[0].close()
     finally:
         again.close()
+
+
+def test_sqlite_a_write_that_rolls_back_is_not_what_get_answers(tmp_path: Path) -> None:
+    """The store keeps recent records in memory: only committed ones may get there."""
+    s = SQLiteJobStore(tmp_path)
+    try:
+        s.create_if_absent(
+            record().model_copy(
+                update={
+                    "webhook": WebhookStatus(events=["succeeded"], state="waiting"),
+                    "webhook_url": "https://hooks.example/ryla",
+                }
+            )
+        )
+        s.update("job-1", status="running")
+        # The write that makes the job final also queues its webhook; that part fails here.
+        with sqlite3.connect(tmp_path / "jobs.sqlite3") as other:
+            other.execute(
+                "CREATE TRIGGER full BEFORE INSERT ON webhook_outbox"
+                " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            )
+        with pytest.raises(sqlite3.Error, match="disk full"):
+            s.update("job-1", status="succeeded")
+        after = s.get("job-1")
+        assert after is not None and after.status == "running" and after.revision == 1
+    finally:
+        s.close()
+    again = SQLiteJobStore(tmp_path)
+    try:
+        reread = again.get("job-1")
+        assert reread is not None and reread.status == "running"
+    finally:
+        again.close()
+
+
+def test_sqlite_answers_from_the_file_for_jobs_no_longer_kept_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "_RECENT_RECORDS", 2)
+    s = SQLiteJobStore(tmp_path)
+    try:
+        for i in range(6):
+            s.create_if_absent(record(f"j{i}"))
+        for i in range(6):
+            s.update(f"j{i}", status="running", progress=Progress(nodes_done=i, nodes_total=9))
+        for i in (0, 5, 1, 4, 0):
+            got = s.get(f"j{i}")
+            assert got is not None and got.status == "running" and got.revision == 1
+            assert got.progress is not None and got.progress.nodes_done == i
+        s.update("j0", status="failed")
+        final = s.get("j0")
+        assert final is not None and final.status == "failed" and final.revision == 2
+    finally:
+        s.close()
 
 
 def test_sqlite_folder_is_owned_by_one_process_at_a_time(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import asyncio
 import base64
 import binascii
 import builtins
+import collections
 import contextlib
 import fcntl
 import io
@@ -383,6 +384,10 @@ class MemoryJobStore(JobStore):
         await self._notifier.wait(self, job_id, revision, wait_s)
 
 
+#: Job records SQLiteJobStore keeps in memory: far more than jobs in flight (64 at the most
+#: with ``ryla serve --workers 64``), a few MB at most.
+_RECENT_RECORDS = 1024
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
@@ -410,6 +415,12 @@ class SQLiteJobStore(JobStore):
 
     One process owns a data folder at a time (an exclusive lock on ``data_dir/store.lock``), so
     a second ``ryla serve`` cannot mark the first one's running jobs as failed.
+
+    The records of the last ``_RECENT_RECORDS`` jobs written are kept in memory as committed:
+    a job is read ~15 times (submits, long polls, the lifecycle's own reads) for each of its ~5
+    writes, and each SQLite read parsed the record's JSON again.  Only a commit (or a read under
+    the writer lock) puts a record there; a reader fills a miss only when no commit ended while
+    it read, so the memory never holds a revision older than the file's.
     """
 
     def __init__(self, data_dir: Path) -> None:
@@ -422,6 +433,10 @@ class SQLiteJobStore(JobStore):
         self._lock_fh = self._take_folder_lock()
         self._lock = threading.Lock()
         self._notifier = _Notifier()
+        self._recent: collections.OrderedDict[str, JobRecord] = collections.OrderedDict()
+        self._recent_lock = threading.Lock()
+        self._commits = 0  # transactions committed so far (under _recent_lock)
+        self._fresh: list[JobRecord] = []  # the current transaction's records, once committed
         #: connections for reads, one per concurrent reader: WAL lets reads run beside the one
         #: writer, so a long poll or a GET never queues behind progress writes on ``_lock``
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
@@ -492,10 +507,46 @@ class SQLiteJobStore(JobStore):
 
     # --- records ---------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """A write transaction under the writer lock; its records are remembered once committed."""
+        with self._lock:
+            self._fresh.clear()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._fresh.clear()
+                raise
+            with self._recent_lock:
+                for record in self._fresh:
+                    self._remember(record)
+                self._commits += 1
+            self._fresh.clear()
+
+    def _remember(self, record: JobRecord) -> None:
+        """Keep ``record`` as the latest of its job (the caller holds ``_recent_lock``)."""
+        self._recent[record.job_id] = record
+        self._recent.move_to_end(record.job_id)
+        while len(self._recent) > _RECENT_RECORDS:
+            self._recent.popitem(last=False)
+
     def _read(self, job_id: str, db: sqlite3.Connection | None = None) -> JobRecord | None:
         conn = self._db if db is None else db
         row = conn.execute("SELECT record FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return None if row is None else JobRecord.model_validate_json(row[0])
+
+    def _read_latest(self, job_id: str) -> JobRecord | None:
+        """Inside a transaction: the job's committed record (the writer lock keeps it latest)."""
+        with self._recent_lock:
+            record = self._recent.get(job_id)
+        if record is None:
+            record = self._read(job_id)
+            if record is not None:
+                self._fresh.append(record)
+        return record
 
     def _write(self, record: JobRecord, *, insert: bool) -> None:
         sql = (
@@ -506,42 +557,42 @@ class SQLiteJobStore(JobStore):
         self._db.execute(
             sql, (record.status, record.created_at, record.model_dump_json(), record.job_id)
         )
+        self._fresh.append(record)
 
     def create_if_absent(self, record: JobRecord) -> tuple[JobRecord, bool]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                existing = self._read(record.job_id)
-                if existing is None:
-                    self._write(record, insert=True)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            existing = self._read_latest(record.job_id)
+            if existing is None:
+                self._write(record, insert=True)
         if existing is not None:
             return existing, False
         self._notifier.notify(record.job_id)
         return record, True
 
     def get(self, job_id: str) -> JobRecord | None:
+        with self._recent_lock:
+            record = self._recent.get(job_id)
+            if record is not None:
+                return record
+            commits = self._commits
         with self._reading() as db:
-            return self._read(job_id, db)
+            record = self._read(job_id, db)
+        if record is not None:
+            with self._recent_lock:
+                # Only if no commit ended meanwhile: else what was read may be older than it.
+                if self._commits == commits and job_id not in self._recent:
+                    self._remember(record)
+        return record
 
     def update(self, job_id: str, *, force: bool = False, **fields: Any) -> JobRecord | None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                record = self._read(job_id)
-                new = None if record is None else apply_update(record, fields, force=force)
-                due = webhook_became_due(record, new)
-                if new is not None:
-                    self._write(new, insert=False)
-                    if due:
-                        self._put_outbox(new)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            record = self._read_latest(job_id)
+            new = None if record is None else apply_update(record, fields, force=force)
+            due = webhook_became_due(record, new)
+            if new is not None:
+                self._write(new, insert=False)
+                if due:
+                    self._put_outbox(new)
         if new is None:
             return record
         self._notifier.notify(job_id)
@@ -564,23 +615,17 @@ class SQLiteJobStore(JobStore):
         return [r[0] for r in rows]
 
     def save_webhook(self, job_id: str, state: WebhookStatus) -> JobRecord | None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                record = self._read(job_id)
-                new = None
-                if record is not None:
-                    new = apply_update(record, {"webhook": state}, force=True)
-                    assert new is not None
-                    self._write(new, insert=False)
-                if new is not None and state.state == "pending":
-                    self._put_outbox(new)
-                else:
-                    self._db.execute("DELETE FROM webhook_outbox WHERE job_id = ?", (job_id,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            record = self._read_latest(job_id)
+            new = None
+            if record is not None:
+                new = apply_update(record, {"webhook": state}, force=True)
+                assert new is not None
+                self._write(new, insert=False)
+            if new is not None and state.state == "pending":
+                self._put_outbox(new)
+            else:
+                self._db.execute("DELETE FROM webhook_outbox WHERE job_id = ?", (job_id,))
         if new is not None:
             self._notifier.notify(job_id)
         return new
