@@ -9,13 +9,14 @@ import concurrent.futures
 import io
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from ryla_modal.comfy.api import BinaryFrame, ComfyAPI, SocketClosed
+from ryla_modal.comfy.api import BinaryFrame, ComfyAPI, SocketClosed, follow_prompt
 from ryla_modal.comfy.events import EventHub
 from ryla_modal.comfy.runner import ComfyRunner, RunnerProgress, RunResult
 from tests.conftest import ComfyServer, random_color, simple_workflow, slow_workflow, unique
@@ -215,3 +216,40 @@ def test_reader_thread_ends_with_the_hub(launch_stub: Callable[..., ComfyServer]
         for t in readers:
             t.join(timeout=5)
         assert not any(t.is_alive() for t in readers)
+
+
+def test_looks_at_the_queue_are_shared_by_the_callers_that_can_use_them(
+    launch_stub: Callable[..., ComfyServer],
+) -> None:
+    """N jobs waiting in ComfyUI's queue look at it now and then: one GET serves them all."""
+    server = launch_stub()
+    with ComfyAPI(server.base_url) as api:
+        before = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            looks = list(pool.map(lambda _: api.queued_since(before), range(16)))
+        assert fake_stats(server)["requests"].get("GET /queue") == 1
+        assert all(look == {} for look in looks)
+        api.queued_since(before)  # that look is still recent enough for this caller
+        assert fake_stats(server)["requests"].get("GET /queue") == 1
+        api.queued_since(time.monotonic())  # it began before what this caller needs: a new one
+        assert fake_stats(server)["requests"].get("GET /queue") == 2
+
+
+def test_a_look_at_the_queue_from_before_a_prompt_was_queued_does_not_count_for_it(
+    launch_stub: Callable[..., ComfyServer],
+) -> None:
+    """An empty queue seen before the submit must not make the prompt look deleted."""
+    server = launch_stub()
+    with ComfyAPI(server.base_url) as api:
+        assert api.queued_since(time.monotonic()) == {}  # the queue, empty, before the submit
+        blocker = slow_workflow("stub", unique("blocker"), steps=20, step_seconds=0.1)
+        api.submit(blocker, prompt_id=job(), client_id="other")
+        waiting = job()
+        api.submit(simple_workflow(unique("waiting")), prompt_id=waiting, client_id="other")
+        # No socket: the follower looks at the history and the queue every few polls while
+        # the blocker runs; the earlier look says the queue is empty.
+        entry = follow_prompt(
+            api, waiting, socket=None, deadline=time.monotonic() + 60, poll_s=0.05
+        )
+    assert entry["status"]["completed"] is True
+    assert fake_stats(server)["requests"].get("GET /queue", 0) >= 2

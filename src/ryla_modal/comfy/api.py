@@ -320,6 +320,10 @@ class ComfyAPI:
         #: Announce ``supports_preview_metadata`` on each socket (off: legacy event 1 frames).
         self.preview_metadata = True
         self._client = httpx.Client(base_url=self.base_url, timeout=self.timeout, trust_env=False)
+        #: The last look at the queue (when its GET began, what it found); see ``queued_since``.
+        self._queue_seen: tuple[float, dict[str, str]] | None = None
+        self._queue_looks = 0  # GET /queue in flight for ``queued_since``
+        self._queue_cond = threading.Condition()
 
     def close(self) -> None:
         self._client.close()
@@ -414,6 +418,36 @@ class ComfyAPI:
     def queue_state(self, prompt_id: str) -> str | None:
         """ "running", "pending", or None when the prompt is not in the queue."""
         return self.queued().get(prompt_id)
+
+    def queued_since(self, since: float) -> Mapping[str, str]:
+        """``queued()`` as found by a GET /queue that began at or after ``since`` (monotonic).
+
+        Every job waiting in ComfyUI's queue looks at it now and then, and GET /queue answers
+        with every pending prompt whole: N waiting jobs looking each for itself cost N², in
+        ComfyUI (which serialises its queue under the executor's lock) and here.  One look
+        serves every caller that can use it: one that began after ``since``, so after anything
+        the caller submitted before asking.  A caller that finds a look in flight waits for it.
+        """
+        with self._queue_cond:
+            for _ in range(2):  # the look in flight, then (if it began too early) our own
+                seen = self._queue_seen
+                if seen is not None and seen[0] >= since:
+                    return seen[1]
+                if not self._queue_looks:
+                    break
+                self._queue_cond.wait(defaults.COMFY_HTTP_TIMEOUT_S)
+            self._queue_looks += 1
+        began = time.monotonic()
+        try:
+            found = self.queued()
+            with self._queue_cond:
+                if self._queue_seen is None or self._queue_seen[0] < began:
+                    self._queue_seen = (began, found)
+            return found
+        finally:
+            with self._queue_cond:
+                self._queue_looks -= 1
+                self._queue_cond.notify_all()
 
     def interrupt(self, prompt_id: str | None = None) -> None:
         """Interrupt ``prompt_id`` if it is the one running (ComfyUI ignores it otherwise)."""
@@ -627,6 +661,7 @@ class _Follower:
         self.cancel = cancel
         self.poll_s = poll_s
         now = time.monotonic()
+        self.created = now  # after the prompt reached ComfyUI (or it was there already)
         self.last_history_check = now
         self.last_queue_check = now
         self.last_reconnect = now
@@ -728,7 +763,10 @@ class _Follower:
             queue_every = self.poll_s if self.cancel_sent_at is not None else 4 * self.poll_s
             if now - self.last_queue_check >= queue_every:
                 self.last_queue_check = now
-                if self.api.queue_state(self.prompt_id) is None:
+                # A look shared with the other jobs, begun after this prompt was queued (and
+                # after its cancel was sent): one that missed it means it left the queue.
+                since = max(self.created, now - queue_every, self.cancel_sent_at or 0.0)
+                if self.prompt_id not in self.api.queued_since(since):
                     entry = self.api.history(self.prompt_id)  # it may have just finished
                     if entry is not None:
                         return entry
