@@ -6,6 +6,8 @@ in test_comfy_runner.py exercise the same code over real sockets.
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import pytest
 
 from ryla_modal.comfy.api import (
@@ -18,7 +20,13 @@ from ryla_modal.comfy.api import (
     validation_error,
 )
 from ryla_modal.comfy.runner import UNCACHE_INPUT, guess_mime, uncache_sinks
-from ryla_modal.errors import ExecutionError, JobCancelled, WorkflowValidationError
+from ryla_modal.errors import (
+    ComfyUIUnavailable,
+    ExecutionError,
+    JobCancelled,
+    WorkflowValidationError,
+)
+from tests._hang_servers import TricklePeer
 
 # transcript 10, case "unknown_class_type": top-level error, empty node_errors
 INVALID_PROMPT = {
@@ -361,3 +369,39 @@ def test_open_events_on_a_closed_port_is_socket_closed() -> None:
         port = s.getsockname()[1]
     with ComfyAPI(f"http://127.0.0.1:{port}") as api, pytest.raises(SocketClosed):
         api.open_events("x", open_timeout=2)
+
+
+# --- a total deadline on every request to ComfyUI -------------------------------------------------
+
+HANG_GUARD_S = 10.0  # far past every budget below: reaching it means the request hung
+
+
+@pytest.mark.parametrize("what", ["headers", "body"])
+def test_a_comfyui_that_trickles_cannot_hold_a_request_past_its_deadline(what: str) -> None:
+    """httpx's timeout is per read: a byte every 50 ms never trips it, the total deadline does."""
+    with (
+        concurrent.futures.ThreadPoolExecutor(1) as pool,  # exits last: the peer closes first
+        TricklePeer(what, interval_s=0.05) as peer,
+        ComfyAPI(peer.url, http_timeout=0.5) as api,
+    ):
+        asked = pool.submit(api.history, "some-prompt")
+        with pytest.raises(ComfyUIUnavailable, match=r"GET /history/some-prompt within 0\.5 s"):
+            asked.result(timeout=HANG_GUARD_S)
+
+
+def test_a_download_from_a_trickling_comfyui_ends_at_its_size_budget() -> None:
+    """An output may take the answer's deadline plus its size at the slowest rate allowed."""
+    ref = OutputRef(node_id="9", kind="images", filename="a.png", subfolder="", type="output")
+
+    def download() -> int:
+        with api.view(ref) as resp:
+            return sum(len(chunk) for chunk in resp.iter_bytes())
+
+    with (
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        TricklePeer("body", interval_s=0.05) as peer,  # 1 MB announced, a byte per 50 ms
+        ComfyAPI(peer.url, http_timeout=0.5, min_transfer_bytes_per_s=10_000_000) as api,
+    ):
+        fetched = pool.submit(download)
+        with pytest.raises(ComfyUIUnavailable, match=r"stopped sending a\.png"):
+            fetched.result(timeout=HANG_GUARD_S)

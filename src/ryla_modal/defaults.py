@@ -31,6 +31,10 @@ COMFY_READY_POLL_S = 0.05  # the issue allows at most 50 ms between readiness pr
 COMFY_STOP_GRACE_S = 5.0
 COMFY_HTTP_TIMEOUT_S = 30.0
 COMFY_CONNECT_TIMEOUT_S = 5.0
+#: A transfer to or from ComfyUI may take COMFY_HTTP_TIMEOUT_S plus its size at this rate,
+#: and no longer: a ComfyUI that trickles bytes cannot hold a job past it (2 Mbit/s).
+COMFY_MIN_TRANSFER_BYTES_PER_S = 256 * 1024
+COMFY_UNSIZED_DOWNLOAD_S = 3600.0  # a /view answer without a content-length, at the most
 COMFY_HISTORY_POLL_S = 0.5
 COMFY_LOG_TAIL_LINES = 40
 COMFY_READY_PROBE_TIMEOUT_S = 1.0  # one readiness probe; the ready deadline bounds the whole wait

@@ -33,6 +33,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from ryla_modal import defaults
+from ryla_modal._transport import DeadlineExceeded, DeadlineTransport, deadline_scope
 from ryla_modal.errors import (
     ComfyUIUnavailable,
     ExecutionError,
@@ -42,6 +43,7 @@ from ryla_modal.errors import (
     WorkflowFormatError,
     WorkflowValidationError,
 )
+from ryla_modal.policy import Deadline
 
 if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
@@ -314,12 +316,23 @@ class ComfyAPI:
         *,
         http_timeout: float = defaults.COMFY_HTTP_TIMEOUT_S,
         connect_timeout: float = defaults.COMFY_CONNECT_TIMEOUT_S,
+        min_transfer_bytes_per_s: float = defaults.COMFY_MIN_TRANSFER_BYTES_PER_S,
     ) -> None:
+        """Each request must end within ``http_timeout`` in all (httpx's timeout is per read,
+        which a trickle never trips), plus its upload or download at ``min_transfer_bytes_per_s``.
+        """
         self.base_url = base_url.rstrip("/")
+        self.http_timeout = http_timeout
+        self.min_transfer_bytes_per_s = min_transfer_bytes_per_s
         self.timeout = httpx.Timeout(http_timeout, connect=connect_timeout)
         #: Announce ``supports_preview_metadata`` on each socket (off: legacy event 1 frames).
         self.preview_metadata = True
-        self._client = httpx.Client(base_url=self.base_url, timeout=self.timeout, trust_env=False)
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            timeout=self.timeout,
+            trust_env=False,
+            transport=DeadlineTransport(verify=True),
+        )
         #: The last look at the queue (when its GET began, what it found); see ``queued_since``.
         self._queue_seen: tuple[float, dict[str, str]] | None = None
         self._queue_looks = 0  # GET /queue in flight for ``queued_since``
@@ -336,12 +349,22 @@ class ComfyAPI:
 
     # --- plumbing ---
 
-    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    def _budget(self, size: int | None) -> Deadline:
+        """The whole of one request: its answer, and ``size`` bytes sent or received."""
+        if size is None:
+            return Deadline(self.http_timeout + defaults.COMFY_UNSIZED_DOWNLOAD_S)
+        return Deadline(self.http_timeout + size / self.min_transfer_bytes_per_s)
+
+    def _request(self, method: str, path: str, *, sending: int = 0, **kw: Any) -> httpx.Response:
+        """``sending``: the bytes of an upload, which get their own share of the deadline."""
+        budget = self._budget(sending)
         try:
-            return self._client.request(method, path, timeout=self.timeout, **kw)
-        except httpx.TimeoutException as exc:
+            with deadline_scope(budget):
+                return self._client.request(method, path, timeout=self.timeout, **kw)
+        except (httpx.TimeoutException, DeadlineExceeded) as exc:
             raise ComfyUIUnavailable(
-                f"ComfyUI at {self.base_url} did not answer {method} {path} in time ({exc!r})"
+                f"ComfyUI at {self.base_url} did not answer {method} {path} within"
+                f" {budget.seconds:g} s ({exc!r})"
             ) from exc
         except httpx.HTTPError as exc:
             raise ComfyUIUnavailable(
@@ -476,6 +499,7 @@ class ComfyAPI:
         resp = self._request(
             "POST",
             "/upload/image",
+            sending=len(data),
             files={"image": (name, data, "application/octet-stream")},
             data=fields,
         )
@@ -494,7 +518,10 @@ class ComfyAPI:
         params = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
         what = f"{ref.subfolder + '/' if ref.subfolder else ''}{ref.filename} [{ref.type}]"
         try:
-            with self._client.stream("GET", "/view", params=params, timeout=self.timeout) as resp:
+            with (
+                deadline_scope(self._budget(0)),  # the status line and the headers
+                self._client.stream("GET", "/view", params=params, timeout=self.timeout) as resp,
+            ):
                 if resp.status_code == 404:
                     raise OutputIntegrityError(
                         f"ComfyUI listed {what} from node {ref.node_id} but /view has no such file"
@@ -502,8 +529,10 @@ class ComfyAPI:
                     )
                 if resp.status_code != 200:
                     raise ComfyUIUnavailable(f"GET /view for {what} answered {resp.status_code}")
-                yield resp
-        except httpx.TimeoutException as exc:
+                length = resp.headers.get("content-length", "")
+                with deadline_scope(self._budget(int(length) if length.isdigit() else None)):
+                    yield resp
+        except (httpx.TimeoutException, DeadlineExceeded) as exc:
             raise ComfyUIUnavailable(f"ComfyUI stopped sending {what} ({exc!r})") from exc
         except httpx.HTTPError as exc:
             raise ComfyUIUnavailable(f"download of {what} failed: {exc!r}") from exc
