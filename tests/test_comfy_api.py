@@ -7,6 +7,9 @@ in test_comfy_runner.py exercise the same code over real sockets.
 from __future__ import annotations
 
 import concurrent.futures
+import http.server
+import threading
+import time
 
 import pytest
 
@@ -405,3 +408,40 @@ def test_a_download_from_a_trickling_comfyui_ends_at_its_size_budget() -> None:
         fetched = pool.submit(download)
         with pytest.raises(ComfyUIUnavailable, match=r"stopped sending a\.png"):
             fetched.result(timeout=HANG_GUARD_S)
+
+
+def test_a_download_slower_than_the_answer_budget_still_completes_within_its_size_budget() -> None:
+    """The 30 s of an answer do not cut a big output short: its size buys it time."""
+    body = b"x" * 20
+
+    class Steady(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            for i in range(len(body)):  # 20 bytes over 1 s: longer than the 0.3 s budget
+                time.sleep(0.05)
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Steady)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    ref = OutputRef(node_id="9", kind="video", filename="v.mp4", subfolder="", type="output")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        # 0.3 s for the answer + 20 bytes at 2 B/s: 10.3 s in all
+        with (
+            ComfyAPI(url, http_timeout=0.3, min_transfer_bytes_per_s=2) as api,
+            api.view(ref) as resp,
+        ):
+            assert b"".join(resp.iter_bytes()) == body
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -458,7 +458,7 @@ class ComfyAPI:
                     return seen[1]
                 if not self._queue_looks:
                     break
-                self._queue_cond.wait(defaults.COMFY_HTTP_TIMEOUT_S)
+                self._queue_cond.wait(self.http_timeout)  # a look ends within its budget
             self._queue_looks += 1
         began = time.monotonic()
         try:
