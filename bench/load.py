@@ -51,6 +51,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -79,13 +80,7 @@ class Tally:
         self.first_wave = 0
         self.retries = 0  # requests sent again after a transport error
 
-    def seen(self, resp: httpx.Response) -> httpx.Response:
-        self.statuses[resp.status_code] += 1
-        return resp
-
-    async def send(
-        self, http: httpx.AsyncClient, method: str, url: str, **kw: Any
-    ) -> httpx.Response:
+    async def send(self, caller: Caller, method: str, path: str, body: Any = None) -> Reply:
         """A request of the job API, sent again after a transport error, as any client does.
 
         Every one is safe to repeat (a submit carries its job id).  The usual cause: the server
@@ -94,24 +89,126 @@ class Tally:
         """
         for attempt in range(3):
             try:
-                return self.seen(await http.request(method, url, **kw))
-            except httpx.TransportError:
+                reply = await caller.request(method, path, body)
+            except WireError:
                 if attempt == 2:
                     raise
                 self.retries += 1
                 await asyncio.sleep(0.05)
+                continue
+            self.statuses[reply.status_code] += 1
+            return reply
         raise AssertionError("unreachable")
 
 
-async def one_job(http: httpx.AsyncClient, tally: Tally, i: int) -> None:
+class WireError(Exception):
+    """The connection failed or closed before a whole answer arrived."""
+
+
+class Reply:
+    __slots__ = ("body", "status_code")
+
+    def __init__(self, status_code: int, body: bytes) -> None:
+        self.status_code = status_code
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Caller:
+    """One caller's keep-alive HTTP/1.1 connections, spoken straight over asyncio streams.
+
+    Why not httpx: this process plays 64 callers that in life run on 64 machines, and httpx
+    costs ~2 ms of CPU a request (URL and header models, httpcore's pool, anyio).  At the first
+    wave's 192 submits at one instant, on 2 cores shared with the gateway and ComfyUI, that was
+    ~60% of the machine: the figures measured the load generator's queue, not the gateway's
+    (as wrk and hey, a load generator must cost far less than what it measures).  This speaks
+    only what the job API and ComfyUI answer with: Content-Length or chunked bodies.
+    """
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None, timeout: float = 60.0):
+        parsed = httpx.URL(url)
+        self.host, self.port = parsed.host, parsed.port or 80
+        lines = [f"Host: {self.host}:{self.port}"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        self._head = ("\r\n".join(lines) + "\r\n").encode()
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._timeout = timeout
+
+    async def request(self, method: str, path: str, body: Any = None) -> Reply:
+        data = b"" if body is None else json.dumps(body).encode()
+        head = f"{method} {path} HTTP/1.1\r\n".encode() + self._head
+        if body is not None:
+            head += b"Content-Type: application/json\r\n"
+        head += b"Content-Length: %d\r\n\r\n" % len(data)
+        try:
+            conn = self._idle.pop() if self._idle else await self._open()
+        except OSError as exc:
+            raise WireError(str(exc)) from exc
+        try:
+            status, keep, answer = await asyncio.wait_for(
+                self._exchange(conn, head + data), self._timeout
+            )
+        except (OSError, EOFError, ValueError, asyncio.IncompleteReadError) as exc:
+            conn[1].close()
+            raise WireError(f"{method} {path}: {exc!r}") from exc
+        except BaseException:
+            conn[1].close()
+            raise
+        if keep:
+            self._idle.append(conn)
+        else:
+            conn[1].close()
+        return Reply(status, answer)
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 10)
+
+    async def _exchange(
+        self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes
+    ) -> tuple[int, bool, bytes]:
+        reader, writer = conn
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        status_line, *header_lines = head[:-4].decode("latin-1").split("\r\n")
+        status = int(status_line.split(" ", 2)[1])
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        keep = headers.get("connection", "").lower() != "close"
+        if "content-length" in headers:
+            answer = await reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            for _ in range(1_000_000):  # bounded: one chunk per round
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                chunk = await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                parts.append(chunk[:-2])
+            answer = b"".join(parts)
+        else:
+            answer, keep = await reader.read(), False
+        return status, keep, answer
+
+    async def aclose(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
+async def one_job(http: Caller, tally: Tally, i: int) -> None:
     job_id = str(uuid.uuid4())
     body = {"job_id": job_id, "workflow": workflow(f"load{i}")}
     start = time.perf_counter()
-    await asyncio.gather(*(tally.send(http, "POST", "/jobs", json=body) for _ in range(3)))
+    await asyncio.gather(*(tally.send(http, "POST", "/jobs", body) for _ in range(3)))
     tally.phases.setdefault("client submit", []).append(time.perf_counter() - start)
     job: dict[str, Any] = {"status": "queued"}
     for _ in range(10_000):  # bounded: each poll waits up to 20 s for a change
-        resp = await tally.send(http, "GET", f"/jobs/{job_id}", params={"wait": 20})
+        resp = await tally.send(http, "GET", f"/jobs/{job_id}?wait=20")
         if resp.status_code != 200:
             await asyncio.sleep(0.1)
             continue
@@ -139,16 +236,22 @@ async def one_job(http: httpx.AsyncClient, tally: Tally, i: int) -> None:
         tally.walls.append(wall)
 
 
+async def connect_all(caller: Caller, path: str, count: int) -> None:
+    """Opens a caller's `count` connections at once and checks that each is answered."""
+    for reply in await asyncio.gather(*(caller.request("GET", path) for _ in range(count))):
+        if reply.status_code != 200:
+            raise RuntimeError(f"GET {path} answered {reply.status_code} before the load began")
+
+
 async def direct_job(
-    http: httpx.AsyncClient, ws: ClientConnection, client_id: str, tally: Tally, i: int
+    http: Caller, ws: ClientConnection, client_id: str, tally: Tally, i: int
 ) -> None:
     """One job the way a script talking to ComfyUI itself runs it (bench/overhead.py's
     direct_run, async): POST /prompt, wait on the socket for its end, GET its history, GET
     every image from /view."""
     start = time.perf_counter()
-    resp = tally.seen(
-        await http.post("/prompt", json={"prompt": workflow(f"direct{i}"), "client_id": client_id})
-    )
+    body = {"prompt": workflow(f"direct{i}"), "client_id": client_id}
+    resp = await tally.send(http, "POST", "/prompt", body)
     prompt_id = resp.json()["prompt_id"]
     status = "failed"
     for _ in range(100_000):  # bounded: each message waits at most 60 s
@@ -164,46 +267,31 @@ async def direct_job(
             break
         if event["type"] in ("execution_error", "execution_interrupted"):
             break
-    history = tally.seen(await http.get(f"/history/{prompt_id}")).json()[prompt_id]
+    history = (await tally.send(http, "GET", f"/history/{prompt_id}")).json()[prompt_id]
     for node_output in history["outputs"].values():
         for item in node_output.get("images", []):
-            tally.seen(await http.get("/view", params=item))
+            await tally.send(http, "GET", "/view?" + urlencode(item))
     tally.finals[prompt_id] = status
     if status == "succeeded":
         tally.walls.append(time.perf_counter() - start)
 
 
 async def load(url: str, token: str, jobs: int, concurrency: int) -> tuple[Tally, float]:
-    """C workers, each with its own client (three connections): C independent callers.
-
-    One client shared by all would measure httpcore's pool instead of the gateway: every request
-    scans every pooled connection (an O(connections) loop with a poll() per idle socket), which
-    at 200 connections costs the load generator more CPU than the gateway spends per job.
-    """
+    """C workers, each with its own three connections (one per concurrent submit): C callers."""
     tally = Tally()
     tally.first_wave = concurrency
-    limits = httpx.Limits(max_connections=3, max_keepalive_connections=3)
-    headers = {"authorization": f"Bearer {token}"}
-    timeout = httpx.Timeout(60.0, connect=10.0)
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(jobs):
         queue.put_nowait(i)
-    # Made before the clock starts: each one builds an SSL context (~10 ms of CPU), which inside
-    # the run would stall the event loop under the first wave's requests.
-    clients = [
-        httpx.AsyncClient(
-            base_url=url, headers=headers, limits=limits, timeout=timeout, trust_env=False
-        )
-        for _ in range(concurrency)
-    ]
+    clients = [Caller(url, {"Authorization": f"Bearer {token}"}) for _ in range(concurrency)]
 
-    async def worker(http: httpx.AsyncClient) -> None:
+    async def worker(http: Caller) -> None:
         while not queue.empty():
             await one_job(http, tally, queue.get_nowait())
 
-    # Connected before the clock too (both loads): C callers on C machines would each open
-    # theirs in parallel; one load generator opening 3C at once measures its own event loop.
-    await asyncio.gather(*(http.get("/health") for http in clients for _ in range(3)))
+    # Connected before the clock (both loads): C callers on C machines would each open theirs
+    # in parallel; one load generator opening 3C at once measures its own event loop.
+    await asyncio.gather(*(connect_all(http, "/health", 3) for http in clients))
     start = time.perf_counter()
     await asyncio.gather(*(worker(http) for http in clients))
     wall = time.perf_counter() - start
@@ -226,12 +314,12 @@ async def direct_load(comfy_url: str, jobs: int, concurrency: int) -> tuple[Tall
     callers = []
     for _ in range(concurrency):
         client_id = uuid.uuid4().hex
-        http = httpx.AsyncClient(base_url=comfy_url, timeout=httpx.Timeout(60.0), trust_env=False)
+        http = Caller(comfy_url)
         ws = await connect(ws_url + client_id, open_timeout=30, close_timeout=1, max_size=None)
-        (await http.get("/system_stats")).raise_for_status()
+        await connect_all(http, "/system_stats", 1)
         callers.append((http, ws, client_id))
 
-    async def worker(http: httpx.AsyncClient, ws: ClientConnection, client_id: str) -> None:
+    async def worker(http: Caller, ws: ClientConnection, client_id: str) -> None:
         while not queue.empty():
             await direct_job(http, ws, client_id, tally, queue.get_nowait())
 
