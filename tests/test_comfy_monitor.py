@@ -22,8 +22,11 @@ from ryla_modal.comfy.process import (
     COMFY_OK,
     ComfyMonitor,
     RestartPolicy,
+    check_ready,
+    probe_client,
 )
 from ryla_modal.errors import ComfyUIUnavailable
+from tests._hang_servers import TricklePeer
 from tests._http_server import Answer, ScriptedServer, json_answer
 from tests.conftest import ComfyServer
 
@@ -124,3 +127,32 @@ def test_a_burst_of_jobs_shares_one_readiness_probe() -> None:
         probes = server.paths().count("/system_stats")
     assert 1 <= probes <= 3, f"{probes} probes for 16 jobs"
     assert monitor.state == COMFY_OK
+
+
+HANG_GUARD_S = 10.0  # far past every probe budget below: reaching it means the probe hung
+
+
+@pytest.mark.parametrize("what", ["headers", "body"])
+def test_a_readiness_probe_of_a_trickling_comfyui_ends_by_its_budget(what: str) -> None:
+    """A byte every 50 ms never trips httpx's per-read timeout; the probe's total budget does.
+
+    All three kinds of caller: a probe with its own client, the launcher's reused client, and
+    the monitor's shared probe (which a job's wait_up runs)."""
+    with (
+        concurrent.futures.ThreadPoolExecutor(3) as pool,  # exits last: the peer closes first
+        TricklePeer(what, interval_s=0.05) as peer,
+        probe_client() as reused,
+    ):
+        own = pool.submit(check_ready, peer.url, timeout=0.5)
+        shared = pool.submit(check_ready, peer.url, timeout=0.5, client=reused)
+        with pytest.raises(ComfyUIUnavailable, match=r"readiness probe of 0\.5s passed"):
+            own.result(timeout=HANG_GUARD_S)
+        with pytest.raises(ComfyUIUnavailable, match=r"readiness probe of 0\.5s passed"):
+            shared.result(timeout=HANG_GUARD_S)
+        monitor = ComfyMonitor(peer.url, probe_timeout_s=0.5)  # not started: no probes of its own
+        try:
+            # A silent answer is no refusal: the job is not held (its own deadlines decide).
+            assert pool.submit(monitor.wait_up, 30).result(timeout=HANG_GUARD_S) is False
+        finally:
+            monitor.close()
+            monitor.join()

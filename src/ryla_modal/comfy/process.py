@@ -35,7 +35,9 @@ from typing import IO
 import httpx
 
 from ryla_modal import defaults
+from ryla_modal._transport import DeadlineExceeded, DeadlineTransport, deadline_scope
 from ryla_modal.errors import ComfyUIUnavailable, ConfigError
+from ryla_modal.policy import Deadline
 
 _TAIL_BLOCK = 8192
 _TAIL_MAX_BYTES = 256 * 1024
@@ -117,6 +119,11 @@ def read_tail(path: Path, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def probe_client() -> httpx.Client:
+    """A client for repeated readiness probes whose sockets obey ``check_ready``'s deadline."""
+    return httpx.Client(trust_env=False, transport=DeadlineTransport(verify=True))
+
+
 def check_ready(
     base_url: str,
     *,
@@ -127,16 +134,19 @@ def check_ready(
 
     Every place that asks "does ComfyUI answer?" calls this (the launcher's wait, the Modal
     worker's health check before a job, a local warm-up, ``ryla serve --comfyui-url``), so they
-    agree on what ready means.  ``client`` reuses a connection pool across repeated probes.
+    agree on what ready means.  ``timeout`` bounds the whole probe, a trickling answer included
+    (httpx's own timeout is per read); ``client`` (from ``probe_client``) reuses a connection
+    pool across repeated probes.
     """
     url = f"{base_url.rstrip('/')}/system_stats"
     try:
-        if client is None:
-            with httpx.Client(trust_env=False) as own:
-                resp = own.get(url, timeout=httpx.Timeout(timeout))
-        else:
-            resp = client.get(url, timeout=httpx.Timeout(timeout))
-    except httpx.HTTPError as exc:
+        with deadline_scope(Deadline(timeout, "readiness probe")):
+            if client is None:
+                with probe_client() as own:
+                    resp = own.get(url, timeout=httpx.Timeout(timeout))
+            else:
+                resp = client.get(url, timeout=httpx.Timeout(timeout))
+    except (httpx.HTTPError, DeadlineExceeded) as exc:
         raise ComfyUIUnavailable(f"no ComfyUI answers at {base_url}: {exc}") from exc
     if resp.status_code != 200:
         raise ComfyUIUnavailable(f"{url} answered HTTP {resp.status_code}; is this ComfyUI?")
@@ -326,7 +336,7 @@ class ComfyProcess:
         assert self._proc is not None
         started = time.monotonic()
         deadline = started + ready_timeout
-        with httpx.Client(trust_env=False) as client:
+        with probe_client() as client:
             while True:
                 probe_at = time.monotonic()
                 self._raise_if_exited("ComfyUI exited before it was ready")
@@ -489,7 +499,7 @@ class ComfyMonitor:
         self._probe_generation = 0  # probes finished so far
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._client = httpx.Client(trust_env=False)
+        self._client = probe_client()
         self._thread: threading.Thread | None = None
 
     @property
