@@ -151,6 +151,24 @@ def running_gateway(
             deliverer.close()
 
 
+@contextlib.contextmanager
+def app_served(comfy_url: str, work_dir: Path, **app_options: Any) -> Iterator[str]:
+    """``create_app(**app_options)`` over a one-worker executor, on a real socket; its URL.
+
+    For tests of the app itself: nothing more is started, and all of it is closed after."""
+    store = MemoryJobStore()
+    executor = LocalExecutor(store, comfy_url, workers=1, work_dir=work_dir)
+    app = create_app(executor, store, **app_options)
+    server = UvicornThread(app)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        app.state.close()
+        executor.close()
+
+
 def gateway_maker(
     launch_stub: Callable[..., ComfyServer], tmp_path: Path
 ) -> Iterator[Callable[..., Gateway]]:

@@ -8,14 +8,12 @@ at 127.0.0.1 can still make a browser talk to it; the browser then sends the pag
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -26,7 +24,7 @@ from ryla_modal.gateway.app import create_app
 from ryla_modal.gateway.executors import LocalExecutor
 from ryla_modal.gateway.store import MemoryJobStore
 from tests.conftest import ComfyServer, simple_workflow, unique
-from tests.gateway_fixtures import TOKEN, Gateway, UvicornThread, running_gateway
+from tests.gateway_fixtures import TOKEN, Gateway, app_served, running_gateway
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -90,26 +88,10 @@ def test_with_a_token_any_host_name_works_but_the_token_is_needed(
         assert gw.client(token=False).get("/health", headers=headers).status_code == 401
 
 
-@contextlib.contextmanager
-def app_served(comfy: ComfyServer, work_dir: Path, **app_options: Any) -> Iterator[str]:
-    """``create_app(**app_options)`` on a real socket; its URL."""
-    store = MemoryJobStore()
-    executor = LocalExecutor(store, comfy.base_url, workers=1, work_dir=work_dir)
-    app = create_app(executor, store, **app_options)
-    server = UvicornThread(app)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-        app.state.close()
-        executor.close()
-
-
 def test_host_check_can_be_turned_off_behind_an_authenticating_proxy(
     comfy: ComfyServer, tmp_path: Path
 ) -> None:
-    with app_served(comfy, tmp_path / "w", check_host=False, proxy_auth=True) as url:
+    with app_served(comfy.base_url, tmp_path / "w", check_host=False, proxy_auth=True) as url:
         resp = httpx.get(f"{url}/health", headers={"host": "ws--app.modal.run"}, timeout=10)
         assert resp.status_code == 200
         # The proxy's headers are what every route wants: the document names them, both at once.
@@ -125,7 +107,7 @@ def test_host_check_can_be_turned_off_behind_an_authenticating_proxy(
 def test_a_token_behind_proxy_auth_is_asked_for_with_the_proxy_headers(
     comfy: ComfyServer, tmp_path: Path
 ) -> None:
-    with app_served(comfy, tmp_path / "w", token=TOKEN, proxy_auth=True) as url:
+    with app_served(comfy.base_url, tmp_path / "w", token=TOKEN, proxy_auth=True) as url:
         auth = {"authorization": f"Bearer {TOKEN}"}
         doc = httpx.get(f"{url}/openapi.json", headers=auth, timeout=10).json()
     (requirement,) = doc["security"]

@@ -461,19 +461,12 @@ def test_downloads_resume_and_send_the_token_to_hugging_face_hosts_only(
 
 
 def test_models_list_goes_through_the_gateway(tmp_path: Path, folder: Path) -> None:
-    from ryla_modal.gateway.app import create_app
-    from ryla_modal.gateway.executors import LocalExecutor
-    from ryla_modal.gateway.store import MemoryJobStore
-    from tests.gateway_fixtures import TOKEN, UvicornThread
+    from tests.gateway_fixtures import TOKEN, app_served
 
-    store = MemoryJobStore()
-    executor = LocalExecutor(store, "http://127.0.0.1:9", workers=1, work_dir=tmp_path / "w")
     files = {"checkpoints": ["sd15.safetensors"], "loras": ["a/b.safetensors"]}
-    server = UvicornThread(create_app(executor, store, token=TOKEN, extra_models=files))
-    server.start()
-    try:
+    with app_served("http://127.0.0.1:9", tmp_path / "w", token=TOKEN, extra_models=files) as url:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RYLA_")}
-        env.update(RYLA_ENDPOINT=server.url, RYLA_TOKEN=TOKEN, RYLA_CONFIG_DIR=str(tmp_path))
+        env.update(RYLA_ENDPOINT=url, RYLA_TOKEN=TOKEN, RYLA_CONFIG_DIR=str(tmp_path))
         listed = ryla(["models", "list"], cwd=folder, env=env)
         assert listed.returncode == 0, listed.stderr
         assert listed.stdout.split() == ["checkpoints/sd15.safetensors", "loras/a/b.safetensors"]
@@ -481,9 +474,6 @@ def test_models_list_goes_through_the_gateway(tmp_path: Path, folder: Path) -> N
         assert json.loads(as_json.stdout) == {"folders": files}
         refused = ryla(["models", "list"], cwd=folder, env={**env, "RYLA_TOKEN": "wrong"})
         assert refused.returncode == 5
-    finally:
-        server.stop()
-        executor.close()
 
 
 # --- `ryla doctor` -------------------------------------------------------------------------------
@@ -492,18 +482,10 @@ def test_models_list_goes_through_the_gateway(tmp_path: Path, folder: Path) -> N
 def test_doctor_names_failing_checks_with_fixes_then_passes(
     fake: FakeModalControl, tmp_path: Path, folder: Path
 ) -> None:
-    from ryla_modal.gateway.app import create_app
-    from ryla_modal.gateway.executors import LocalExecutor
     from ryla_modal.gateway.object_info import FileObjectInfo
-    from ryla_modal.gateway.store import MemoryJobStore
-    from tests.gateway_fixtures import TOKEN, UvicornThread
+    from tests.gateway_fixtures import TOKEN, app_served
 
     info = object_info_file(tmp_path)
-    store = MemoryJobStore()
-    executor = LocalExecutor(store, "http://127.0.0.1:9", workers=1, work_dir=tmp_path / "w")
-    app = create_app(executor, store, token=TOKEN, object_info=FileObjectInfo(info))
-    server = UvicornThread(app)
-    server.start()
     write_toml(folder, 'app = "doc-test"\nsecrets = ["hf-secret"]')
     (folder / "wf.json").write_text(json.dumps(WORKFLOW))
     (folder / "broken.json").write_text(
@@ -511,8 +493,9 @@ def test_doctor_names_failing_checks_with_fixes_then_passes(
     )
     fake.missing_secrets.add("hf-secret")
     fake.missing_volumes.add(defaults.MODAL_MODELS_VOLUME)
-    env = cli_env(fake, tmp_path, RYLA_ENDPOINT=server.url, RYLA_TOKEN="wrong-token")
-    try:
+    objects = FileObjectInfo(info)
+    with app_served("http://127.0.0.1:9", tmp_path / "w", token=TOKEN, object_info=objects) as url:
+        env = cli_env(fake, tmp_path, RYLA_ENDPOINT=url, RYLA_TOKEN="wrong-token")
         failing = ryla(["doctor", "wf.json", "--json"], cwd=folder, env=env)
         assert failing.returncode == 1, failing.stderr
         report = {c["name"]: c for c in json.loads(failing.stdout)["checks"]}
@@ -550,6 +533,3 @@ def test_doctor_names_failing_checks_with_fixes_then_passes(
         broken = ryla(["doctor", "broken.json"], cwd=folder, env=env)
         assert broken.returncode == 1
         assert "FAIL workflow: broken.json" in broken.stdout and "Nope" in broken.stdout
-    finally:
-        server.stop()
-        executor.close()
