@@ -40,10 +40,8 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,11 +57,10 @@ from websockets.asyncio.client import ClientConnection, connect
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._stack import served_comfyui  # noqa: E402
 from bench.overhead import direct_run, workflow  # noqa: E402
-from tests.fakes.comfyui_command import fake_comfyui_command  # noqa: E402
 
 from ryla_modal.client import RylaClient  # noqa: E402
-from ryla_modal.comfy.process import ComfyProcess, free_port  # noqa: E402
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -369,64 +366,39 @@ def main() -> int:
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ryla-bench-load-"))
-    comfy: ComfyProcess | None = None
-    comfy_url = os.environ.get("RYLA_BENCH_COMFYUI_URL")
-    if not comfy_url:
-        comfy = ComfyProcess(
-            fake_comfyui_command("--node-seconds", str(args.node_ms / 1000)),
-            extra_args=["--output-directory", str(work / "comfy-out")],
-            log_path=work / "comfyui.log",
-        )
-        comfy.start(ready_timeout=60)
-        comfy_url = comfy.base_url
-    token = secrets.token_hex(16)
-    env = {**os.environ, "RYLA_TOKEN": token, "RYLA_CONFIG_DIR": str(work / "cfg")}
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "ryla_modal.cli", "serve", "--comfyui-url", comfy_url]
-    argv += ["--port", str(port), "--data-dir", str(work / "serve")]
-    argv += ["--workers", str(min(64, args.concurrency))]
-    serve_log = (work / "serve.log").open("wb")
-    serve = subprocess.Popen(argv, env=env, stderr=serve_log, start_new_session=True)
     try:
-        with RylaClient(url, token=token) as client:
-            for _ in range(200):  # wait for ryla serve, bounded
-                try:
-                    client.health()
-                    break
-                except Exception:
-                    time.sleep(0.1)
+        with served_comfyui(
+            work, node_seconds=args.node_ms / 1000, workers=min(64, args.concurrency)
+        ) as stack:
             direct_tally, direct_wall = asyncio.run(
-                direct_load(comfy_url, args.jobs, args.concurrency)
+                direct_load(stack.comfy_url, args.jobs, args.concurrency)
             )
-            cpu_before = cpu_seconds(serve.pid)
+            cpu_before = cpu_seconds(stack.serve_pid)
             mine_before = time.process_time()
-            tally, wall = asyncio.run(load(url, token, args.jobs, args.concurrency))
-            cpu_after = cpu_seconds(serve.pid)
+            tally, wall = asyncio.run(
+                load(stack.ryla_url, stack.token, args.jobs, args.concurrency)
+            )
+            cpu_after = cpu_seconds(stack.serve_pid)
             mine = time.process_time() - mine_before
-            stats = httpx.get(f"{comfy_url}/_fake/stats", timeout=30).json()
+            stats = httpx.get(f"{stack.comfy_url}/_fake/stats", timeout=30).json()
             runs = Counter(stats["prompt_ids"])
             twice = sum(1 for job_id in tally.finals if runs[job_id] > 1)
             lost = sum(1 for status in tally.finals.values() if status != "succeeded")
             lost += args.jobs - len(tally.finals)
             five = sum(n for code, n in tally.statuses.items() if code >= 500)
-            rss = peak_rss_mib(serve.pid)
+            rss = peak_rss_mib(stack.serve_pid)
 
             direct: list[float] = []
             ryla: list[float] = []
-            for i in range(args.sequential):
-                t0 = time.perf_counter()
-                direct_run(comfy_url, work)
-                direct.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                client.generate(workflow(f"seq{i}"), out_dir=work / "seq-out")
-                ryla.append(time.perf_counter() - t0)
+            with RylaClient(stack.ryla_url, token=stack.token) as client:
+                for i in range(args.sequential):
+                    t0 = time.perf_counter()
+                    direct_run(stack.comfy_url, work)
+                    direct.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    client.generate(workflow(f"seq{i}"), out_dir=work / "seq-out")
+                    ryla.append(time.perf_counter() - t0)
     finally:
-        serve.terminate()
-        serve.wait(timeout=30)
-        serve_log.close()
-        if comfy is not None:
-            comfy.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     ms = 1000.0

@@ -24,7 +24,6 @@ import argparse
 import compileall
 import json
 import os
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -42,11 +41,10 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.fakes.comfyui_command import fake_comfyui_command  # noqa: E402
+from bench._stack import served_comfyui  # noqa: E402
 
 import ryla_modal  # noqa: E402
 from ryla_modal.client import RylaClient  # noqa: E402
-from ryla_modal.comfy.process import ComfyProcess, free_port  # noqa: E402
 
 
 def workflow(prefix: str) -> dict[str, Any]:
@@ -114,52 +112,19 @@ def main() -> int:
     # (CI images set it) would recompile every module on every run. Time what users run.
     compileall.compile_dir(Path(ryla_modal.__file__).parent, quiet=1)
     work = Path(tempfile.mkdtemp(prefix="ryla-bench-overhead-"))
-    comfy: ComfyProcess | None = None
-    comfy_url = os.environ.get("RYLA_BENCH_COMFYUI_URL")
-    if not comfy_url:
-        comfy = ComfyProcess(
-            fake_comfyui_command(),
-            extra_args=["--output-directory", str(work / "comfy-out")],
-            log_path=work / "comfyui.log",
-        )
-        comfy.start(ready_timeout=60)
-        comfy_url = comfy.base_url
-    token = secrets.token_hex(16)
-    env = {**os.environ, "RYLA_TOKEN": token, "RYLA_CONFIG_DIR": str(work / "cfg")}
-    port = free_port()
-    ryla_url = f"http://127.0.0.1:{port}"
-    serve = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ryla_modal.cli",
-            "serve",
-            "--comfyui-url",
-            comfy_url,
-            "--port",
-            str(port),
-            "--data-dir",
-            str(work / "serve"),
-        ],
-        env=env,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     comfy_cli = find_comfy_cli()
     results: dict[str, list[float]] = {"direct": [], "ryla": [], "ryla-lib": []}
     if comfy_cli:
         results["comfy-cli"] = []
-    host, cport = comfy_url.removeprefix("http://").split(":")
     try:
-        with RylaClient(ryla_url, token=token) as client:
-            for _ in range(100):  # wait for ryla serve, bounded
-                try:
-                    client.health()
-                    break
-                except Exception:
-                    time.sleep(0.1)
+        with (
+            served_comfyui(work) as stack,
+            RylaClient(stack.ryla_url, token=stack.token) as client,
+        ):
+            comfy_url, env = stack.comfy_url, stack.env
+            host, cport = comfy_url.removeprefix("http://").split(":")
             ryla_cli = [sys.executable, "-m", "ryla_modal.cli", "generate"]
-            ryla_opts = ["--endpoint", ryla_url, "--out", str(work / "out"), "--json"]
+            ryla_opts = ["--endpoint", stack.ryla_url, "--out", str(work / "out"), "--json"]
             for i in range(args.runs):
                 wf_file = work / f"wf{i}.json"
                 wf_file.write_text(json.dumps(workflow(f"ryla{i}")))
@@ -177,15 +142,12 @@ def main() -> int:
                     argv = [comfy_cli, "--skip-prompt", "run", "--workflow", str(cli_file)]
                     argv += ["--wait", "--host", host, "--port", cport]
                     results["comfy-cli"].append(timed(partial(run_quietly, argv, None)))
+            real = stack.real_comfyui
     finally:
-        serve.terminate()
-        serve.wait(timeout=15)
-        if comfy is not None:
-            comfy.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"runs each: {args.runs}, ComfyUI: {'real' if comfy is None else 'stand-in'}")
+    print(f"runs each: {args.runs}, ComfyUI: {'real' if real else 'stand-in'}")
     for name, value in med.items():
         print(f"  {name:10s} median {value * 1000:8.1f} ms")
     print(f"b/a  (ryla generate / direct client): {med['ryla'] / med['direct']:.2f}")
