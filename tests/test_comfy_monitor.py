@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
+from ryla_modal._transport import deadline_client
 from ryla_modal.comfy.process import (
     COMFY_DOWN,
     COMFY_FAILED,
@@ -23,7 +24,6 @@ from ryla_modal.comfy.process import (
     ComfyMonitor,
     RestartPolicy,
     check_ready,
-    probe_client,
 )
 from ryla_modal.errors import ComfyUIUnavailable
 from tests._hang_servers import TricklePeer
@@ -141,7 +141,7 @@ def test_a_readiness_probe_of_a_trickling_comfyui_ends_by_its_budget(what: str) 
     with (
         concurrent.futures.ThreadPoolExecutor(3) as pool,  # exits last: the peer closes first
         TricklePeer(what, interval_s=0.05) as peer,
-        probe_client() as reused,
+        deadline_client() as reused,
     ):
         own = pool.submit(check_ready, peer.url, timeout=0.5)
         shared = pool.submit(check_ready, peer.url, timeout=0.5, client=reused)

@@ -183,3 +183,12 @@ class DeadlineTransport(httpx.HTTPTransport):
     def abort(self) -> None:
         """Fail every request in flight, from any thread, now."""
         self._backend.abort()
+
+
+def deadline_client(**options: Any) -> httpx.Client:
+    """An httpx.Client (no proxies, no environment) whose sockets obey ``deadline_scope``.
+
+    For a request whose whole answer must arrive by a deadline: httpx's own timeout is per
+    read, and a peer that sends a byte now and then never trips it.
+    """
+    return httpx.Client(trust_env=False, transport=DeadlineTransport(verify=True), **options)

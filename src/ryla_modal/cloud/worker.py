@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ryla_modal import defaults
+from ryla_modal._transport import DeadlineExceeded, deadline_client, deadline_scope
 from ryla_modal.cloud import image as paths
 from ryla_modal.cloud.gateway import outputs_dir
 from ryla_modal.cloud.settings import AppSettings, comfyui_command
@@ -52,6 +53,7 @@ from ryla_modal.errors import ComfyUIUnavailable, ConfigError, WorkflowFormatErr
 from ryla_modal.gateway.lifecycle import JobLifecycle, JobSpec, StartupInfo
 from ryla_modal.gateway.schemas import TERMINAL_STATUSES, JobRecord
 from ryla_modal.gateway.webhooks import Deliverer, WebhookSettings
+from ryla_modal.policy import Deadline
 
 log = logging.getLogger("ryla_modal.worker")
 
@@ -239,10 +241,13 @@ class ModalWorker:
         import httpx
 
         url = self.process.base_url + GPU_ROUTE
-        try:
-            with httpx.Client(trust_env=False, timeout=_GPU_MOVE_TIMEOUT_S) as client:
+        try:  # the whole answer within the budget, a trickle included
+            with (
+                deadline_scope(Deadline(_GPU_MOVE_TIMEOUT_S, "GPU move deadline")),
+                deadline_client(timeout=_GPU_MOVE_TIMEOUT_S) as client,
+            ):
                 resp = client.post(url)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, DeadlineExceeded) as exc:
             raise ComfyUIUnavailable(f"POST {GPU_ROUTE}: {exc}") from exc
         if resp.status_code != 200:
             raise ComfyUIUnavailable(

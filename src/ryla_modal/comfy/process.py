@@ -35,7 +35,7 @@ from typing import IO
 import httpx
 
 from ryla_modal import defaults
-from ryla_modal._transport import DeadlineExceeded, DeadlineTransport, deadline_scope
+from ryla_modal._transport import DeadlineExceeded, deadline_client, deadline_scope
 from ryla_modal.errors import ComfyUIUnavailable, ConfigError
 from ryla_modal.policy import Deadline
 
@@ -119,11 +119,6 @@ def read_tail(path: Path, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def probe_client() -> httpx.Client:
-    """A client for repeated readiness probes whose sockets obey ``check_ready``'s deadline."""
-    return httpx.Client(trust_env=False, transport=DeadlineTransport(verify=True))
-
-
 def check_ready(
     base_url: str,
     *,
@@ -135,14 +130,14 @@ def check_ready(
     Every place that asks "does ComfyUI answer?" calls this (the launcher's wait, the Modal
     worker's health check before a job, a local warm-up, ``ryla serve --comfyui-url``), so they
     agree on what ready means.  ``timeout`` bounds the whole probe, a trickling answer included
-    (httpx's own timeout is per read); ``client`` (from ``probe_client``) reuses a connection
+    (httpx's own timeout is per read); ``client`` (a ``deadline_client``) reuses a connection
     pool across repeated probes.
     """
     url = f"{base_url.rstrip('/')}/system_stats"
     try:
         with deadline_scope(Deadline(timeout, "readiness probe")):
             if client is None:
-                with probe_client() as own:
+                with deadline_client() as own:
                     resp = own.get(url, timeout=httpx.Timeout(timeout))
             else:
                 resp = client.get(url, timeout=httpx.Timeout(timeout))
@@ -336,7 +331,7 @@ class ComfyProcess:
         assert self._proc is not None
         started = time.monotonic()
         deadline = started + ready_timeout
-        with probe_client() as client:
+        with deadline_client() as client:
             while True:
                 probe_at = time.monotonic()
                 self._raise_if_exited("ComfyUI exited before it was ready")
@@ -499,7 +494,7 @@ class ComfyMonitor:
         self._probe_generation = 0  # probes finished so far
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._client = probe_client()
+        self._client = deadline_client()
         self._thread: threading.Thread | None = None
 
     @property

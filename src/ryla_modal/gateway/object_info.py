@@ -20,7 +20,9 @@ from typing import Any, Protocol
 import httpx
 
 from ryla_modal import defaults
+from ryla_modal._transport import DeadlineExceeded, deadline_client, deadline_scope
 from ryla_modal.errors import RylaError
+from ryla_modal.policy import Deadline
 from ryla_modal.validate import load_object_info
 
 log = logging.getLogger("ryla_modal.gateway")
@@ -119,11 +121,14 @@ class ComfyObjectInfo:
             done.set()
 
     def _get(self, url: str) -> tuple[dict[str, Any] | None, str]:
-        try:
-            with httpx.Client(trust_env=False, timeout=httpx.Timeout(self.timeout_s)) as client:
+        try:  # the whole answer within timeout_s: a ComfyUI that trickles it cannot hold the fetch
+            with (
+                deadline_scope(Deadline(self.timeout_s, "object_info deadline")),
+                deadline_client(timeout=httpx.Timeout(self.timeout_s)) as client,
+            ):
                 resp = client.get(url)
             data = resp.json() if resp.status_code == 200 else None
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, DeadlineExceeded, ValueError) as exc:
             return None, f"{type(exc).__name__}: {exc}"
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
             why = f"HTTP {resp.status_code}" if data is None else "not an object_info document"
