@@ -27,9 +27,11 @@ from urllib.parse import quote, urlparse
 import httpx
 
 from ryla_modal import defaults
+from ryla_modal._transport import DeadlineExceeded, deadline_client, deadline_scope
 from ryla_modal.cloud.image import MODEL_FOLDERS
 from ryla_modal.errors import ConfigError
 from ryla_modal.outputs import safe_basename
+from ryla_modal.policy import Deadline
 
 #: Every folder name the image's extra_model_paths.yaml reads from the volume.
 VOLUME_FOLDERS = frozenset(name for sources in MODEL_FOLDERS.values() for name in sources)
@@ -160,11 +162,13 @@ def _fetch_url(
     Redirects are followed here, one hop at a time, so the token is only ever sent to a Hugging
     Face host (its CDN hosts on other domains never see it).  The ``.part`` file keeps its name
     between attempts, so a download cut by a container's timeout continues where it stopped.
+    Each hop's answer must arrive within ``timeout_s`` in all, and its body within ``timeout_s``
+    plus its size at ``MODEL_MIN_BYTES_PER_S`` (a trickling host cannot hold the container).
     """
     part = dest.with_name(f".{dest.name}.part")
     timeout = httpx.Timeout(timeout_s, connect=defaults.CONNECT_TIMEOUT_S)
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+        with deadline_client(timeout=timeout, follow_redirects=False) as client:
             current = url
             for _ in range(_MAX_REDIRECTS + 1):
                 headers = {}
@@ -174,7 +178,10 @@ def _fetch_url(
                 have = part.stat().st_size if part.is_file() else 0
                 if have:
                     headers["range"] = f"bytes={have}-"
-                with client.stream("GET", current, headers=headers) as r:
+                with (
+                    deadline_scope(Deadline(timeout_s, "answer deadline")),
+                    client.stream("GET", current, headers=headers) as r,
+                ):
                     if r.is_redirect and "location" in r.headers:
                         current = str(r.url.join(r.headers["location"]))
                         continue
@@ -183,13 +190,13 @@ def _fetch_url(
                     if r.status_code not in (200, 206):
                         raise ConfigError(f"GET {_shown(url)} answered HTTP {r.status_code}")
                     mode = "ab" if r.status_code == 206 and have else "wb"
-                    with part.open(mode) as out:
+                    with deadline_scope(_body_deadline(timeout_s, r)), part.open(mode) as out:
                         for chunk in r.iter_bytes(_CHUNK):
                             out.write(chunk)
                 break
             else:
                 raise ConfigError(f"GET {_shown(url)}: more than {_MAX_REDIRECTS} redirects")
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, DeadlineExceeded) as exc:
         # The .part stays: the next attempt resumes it.
         raise ConfigError(f"GET {_shown(url)} failed: {type(exc).__name__}: {exc}") from None
     except ConfigError:
@@ -206,6 +213,13 @@ def _fetch_url(
                 hint="check the --sha256 value and the URL",
             )
     os.replace(part, dest)
+
+
+def _body_deadline(timeout_s: float, resp: httpx.Response) -> Deadline:
+    length = resp.headers.get("content-length", "")
+    if not length.isdigit():
+        return Deadline(defaults.MODEL_UNSIZED_DOWNLOAD_S, "download deadline")
+    return Deadline(timeout_s + int(length) / defaults.MODEL_MIN_BYTES_PER_S, "download deadline")
 
 
 def _shown(url: str) -> str:
