@@ -40,6 +40,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from ryla_modal import defaults
 from ryla_modal._transport import DeadlineExceeded, deadline_client, deadline_scope
 from ryla_modal.cloud import image as paths
@@ -238,8 +240,6 @@ class ModalWorker:
             self.start()
 
     def _move_to_gpu(self) -> None:
-        import httpx
-
         url = self.process.base_url + GPU_ROUTE
         try:  # the whole answer within the budget, a trickle included
             with (
