@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from ryla_modal._transport import deadline_client
+from ryla_modal.comfy.api import ComfyAPI
 from ryla_modal.comfy.process import (
     COMFY_DOWN,
     COMFY_FAILED,
@@ -156,3 +157,31 @@ def test_a_readiness_probe_of_a_trickling_comfyui_ends_by_its_budget(what: str) 
         finally:
             monitor.close()
             monitor.join()
+
+
+def test_a_recent_answer_to_a_job_vouches_for_comfyui_without_a_probe() -> None:
+    """ComfyAPI.answered_at is set by each answer and cleared by a failed request; wait_up
+    takes a recent one instead of probing, unless told to recheck."""
+
+    def app(method: str, path: str, query: dict[str, list[str]], body: bytes) -> Answer:
+        return json_answer({} if path.startswith("/history") else {"system": {}, "devices": []})
+
+    with ScriptedServer(app) as server:
+        monitor = ComfyMonitor(server.url, fresh_s=3600)  # not started: no probes of its own
+        with ComfyAPI(server.url) as api:
+            assert api.history("some-job") is None  # a job's own request, answered
+            heard = api.answered_at
+            assert heard is not None
+            for _ in range(5):
+                assert monitor.wait_up(5, answered_at=heard) is False
+            assert server.paths().count("/system_stats") == 0
+            assert monitor.wait_up(5, answered_at=heard, recheck=True) is False
+            assert server.paths().count("/system_stats") == 1
+            assert monitor.wait_up(5) is False  # a URL with no answer to go by: a probe
+            assert server.paths().count("/system_stats") == 2
+        url = server.url
+    with ComfyAPI(url, http_timeout=2) as api:  # the server is gone: the failure clears it
+        api.answered_at = heard
+        with pytest.raises(ComfyUIUnavailable):
+            api.history("some-job")
+        assert api.answered_at is None

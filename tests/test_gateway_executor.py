@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ryla_modal.comfy.process import ComfyMonitor
 from ryla_modal.comfy.runner import RunnerProgress
 from ryla_modal.errors import (
     ComfyUIUnavailable,
@@ -18,8 +21,9 @@ from ryla_modal.errors import (
 )
 from ryla_modal.gateway.executors import RESTARTED_QUEUED, RESTARTED_RUNNING, LocalExecutor
 from ryla_modal.gateway.lifecycle import ProgressReporter, job_error
-from ryla_modal.gateway.schemas import JobRecord, JobStatus
+from ryla_modal.gateway.schemas import TERMINAL_STATUSES, JobRecord, JobStatus
 from ryla_modal.gateway.store import MemoryJobStore
+from tests.conftest import ComfyServer, simple_workflow, unique
 
 
 def _record(job_id: str, status: JobStatus = "queued") -> JobRecord:
@@ -111,3 +115,47 @@ def test_recover_fails_what_a_previous_process_left(tmp_path: Path) -> None:
     assert (q.error.type, q.error.message) == ("server_restarted", RESTARTED_QUEUED)
     assert r is not None and r.error is not None and r.error.message == RESTARTED_RUNNING
     assert d is not None and d.status == "succeeded" and d.revision == 0
+
+
+def _settled(store: MemoryJobStore, job_id: str, within: float = 30.0) -> JobRecord:
+    deadline = time.monotonic() + within
+    while (record := store.get(job_id)) is None or record.status not in TERMINAL_STATUSES:
+        assert time.monotonic() < deadline, f"job {job_id} not final after {within} s: {record}"
+        time.sleep(0.05)
+    return record
+
+
+def test_a_job_that_finds_comfyui_gone_before_submitting_waits_for_it(
+    launch_stub: Callable[..., ComfyServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Jobs take ComfyUI's recent answers to other jobs as proof it is up (no probe each); one
+    that then finds it gone before sending its prompt waits for it instead of failing, and
+    runs once.  ``fresh_s`` of an hour: the second job surely trusts the first one's answers."""
+    comfy = launch_stub()
+    store = MemoryJobStore()
+    monitor = ComfyMonitor(comfy.base_url, fresh_s=3600, probe_every_s=0.1)  # no thread
+    executor = LocalExecutor(
+        store, comfy.base_url, work_dir=tmp_path / "work", monitor=monitor, comfy_wait_s=60
+    )
+    try:
+        first = store.create_if_absent(_record(str(uuid.uuid4())))[0]
+        executor.start(first, simple_workflow(unique("first")), [])
+        assert _settled(store, first.job_id).status == "succeeded"
+        comfy.process.stop(grace=2)
+        second = store.create_if_absent(_record(str(uuid.uuid4())))[0]
+        with caplog.at_level("INFO", logger="ryla_modal.gateway"):
+            executor.start(second, simple_workflow(unique("second")), [])
+            deadline = time.monotonic() + 30
+            while (record := store.get(second.job_id)) is None or record.phase != (
+                "starting_comfyui"
+            ):
+                assert record is None or record.status not in TERMINAL_STATUSES, record
+                assert time.monotonic() < deadline, record
+                time.sleep(0.05)
+            comfy.process.start(ready_timeout=20)  # back, on the same port
+            done = _settled(store, second.job_id, within=60)
+        assert done.status == "succeeded", done.error
+        assert "did not answer before the job was sent to it" in caplog.text
+        assert comfy.prompts_received() == 1  # this process's count: the second job, once
+    finally:
+        executor.close()

@@ -187,6 +187,23 @@ class ComfyUIUnavailable(EndpointUnavailable):
         self.log_tail = log_tail
 
 
+class ComfyUINotReached(ComfyUIUnavailable):
+    """ComfyUI did not answer before the job's prompt was sent to it.
+
+    Nothing was submitted, so the job can wait for ComfyUI and run after all without running
+    twice: the gateway's lifecycle does that instead of failing the job.
+    """
+
+    @classmethod
+    def of(cls, exc: ComfyUIUnavailable) -> ComfyUINotReached:
+        """``exc`` (already carrying its log tail, if any) as one of these."""
+        if isinstance(exc, cls):
+            return exc
+        reached = cls(exc.message, hint=exc.hint)
+        reached.log_tail = exc.log_tail
+        return reached
+
+
 class JobCancelled(RylaError):
     """The job was interrupted or cancelled before it finished."""
 

@@ -337,6 +337,9 @@ class ComfyAPI:
         self._queue_seen: tuple[float, dict[str, str]] | None = None
         self._queue_looks = 0  # GET /queue in flight for ``queued_since``
         self._queue_cond = threading.Condition()
+        #: When ComfyUI last answered a request (time.monotonic()); None after one it did not.
+        #: Proof of life that ComfyMonitor.wait_up takes instead of a probe of its own.
+        self.answered_at: float | None = None
 
     def close(self) -> None:
         self._client.close()
@@ -360,16 +363,24 @@ class ComfyAPI:
         budget = self._budget(sending)
         try:
             with deadline_scope(budget):
-                return self._client.request(method, path, timeout=self.timeout, **kw)
+                resp = self._client.request(method, path, timeout=self.timeout, **kw)
         except (httpx.TimeoutException, DeadlineExceeded) as exc:
+            self.answered_at = None
             raise ComfyUIUnavailable(
                 f"ComfyUI at {self.base_url} did not answer {method} {path} within"
                 f" {budget.seconds:g} s ({exc!r})"
             ) from exc
         except httpx.HTTPError as exc:
+            self.answered_at = None
             raise ComfyUIUnavailable(
                 f"cannot reach ComfyUI at {self.base_url} ({method} {path}): {exc!r}"
             ) from exc
+        self._heard(resp)
+        return resp
+
+    def _heard(self, resp: httpx.Response) -> None:
+        # A 5xx may be a proxy in front saying ComfyUI is gone: not proof of life.
+        self.answered_at = time.monotonic() if resp.status_code < 500 else None
 
     def _json(self, resp: httpx.Response, what: str) -> Any:
         if resp.status_code != 200:
@@ -522,6 +533,7 @@ class ComfyAPI:
                 deadline_scope(self._budget(0)),  # the status line and the headers
                 self._client.stream("GET", "/view", params=params, timeout=self.timeout) as resp,
             ):
+                self._heard(resp)
                 if resp.status_code == 404:
                     raise OutputIntegrityError(
                         f"ComfyUI listed {what} from node {ref.node_id} but /view has no such file"
@@ -533,8 +545,10 @@ class ComfyAPI:
                 with deadline_scope(self._budget(int(length) if length.isdigit() else None)):
                     yield resp
         except (httpx.TimeoutException, DeadlineExceeded) as exc:
+            self.answered_at = None
             raise ComfyUIUnavailable(f"ComfyUI stopped sending {what} ({exc!r})") from exc
         except httpx.HTTPError as exc:
+            self.answered_at = None
             raise ComfyUIUnavailable(f"download of {what} failed: {exc!r}") from exc
 
     # --- the event socket ---

@@ -525,23 +525,38 @@ class ComfyMonitor:
             self._thread.join(timeout)
         self._client.close()
 
-    def wait_up(self, timeout: float, on_wait: Callable[[], None] | None = None) -> bool:
+    def wait_up(
+        self,
+        timeout: float,
+        on_wait: Callable[[], None] | None = None,
+        *,
+        answered_at: float | None = None,
+        recheck: bool = False,
+    ) -> bool:
         """Return once ComfyUI looks usable; True if this call had to wait for it.
 
-        For a ComfyUI we launched, a fresh ``ok`` (probed within ``fresh_s``, the process alive)
-        returns at once; otherwise one probe decides (a ComfyUI at a URL can vanish unseen).
-        While ComfyUI is down or restarting it waits (woken by the monitor, re-probing at most
-        every ``probe_every_s``) up to ``timeout``, then raises ComfyUIUnavailable.  An
+        A fresh sign of life returns at once: ``answered_at`` (when ComfyUI last answered the
+        caller's own requests, ``ComfyAPI.answered_at``) or, for a ComfyUI we launched, our last
+        probe, within ``fresh_s``, the process alive.  Under load the jobs' own requests keep
+        that fresh, so they cost ComfyUI no probe each.  Otherwise one probe decides, and always
+        with ``recheck``: the caller just found ComfyUI silent.  (A ComfyUI at a URL can vanish
+        unseen within ``fresh_s``: its job then finds it gone before submitting anything,
+        ComfyUINotReached, and the lifecycle asks again with ``recheck``.)  While ComfyUI is
+        down or restarting it waits (woken by the monitor, re-probing at most every
+        ``probe_every_s``) up to ``timeout``, then raises ComfyUIUnavailable.  An
         ``unresponsive`` ComfyUI does not make it wait: the runner's own deadlines handle it.
         ``on_wait`` is called once, when it begins to wait.
         """
         deadline = time.monotonic() + timeout
         with self._cond:
+            seen = answered_at if answered_at is not None else float("-inf")
+            if self.process is not None:  # its exit is known at once; a URL's is not
+                seen = max(seen, self._last_ok)
             if (
-                self.process is not None  # its exit is known at once; a URL's is not
+                not recheck
                 and self._state == COMFY_OK
                 and not self._process_dead()
-                and time.monotonic() - self._last_ok < self.fresh_s
+                and time.monotonic() - seen < self.fresh_s
             ):
                 return False
         waited = False

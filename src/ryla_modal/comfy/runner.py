@@ -51,6 +51,7 @@ from ryla_modal.comfy.api import (
 from ryla_modal.comfy.events import EventHub
 from ryla_modal.comfy.process import ComfyProcess
 from ryla_modal.errors import (
+    ComfyUINotReached,
     ComfyUIUnavailable,
     JobCancelled,
     OutputIntegrityError,
@@ -517,7 +518,12 @@ class ComfyRunner:
                 workflow, job_id, inputs, deadline, tracker, timings, cancel, emit, sent, detach
             )
         except ComfyUIUnavailable as exc:
-            raise self._explain(exc) from exc
+            explained = self._explain(exc)
+            if explained is exc:
+                raise
+            if isinstance(exc, ComfyUINotReached):  # a dead process, and still nothing sent
+                explained = ComfyUINotReached.of(explained)
+            raise explained from exc
         t_exec_end = time.monotonic()
         with self._queue_lock:
             self._in_flight.discard(job_id)  # in the history now, where the next look finds it
@@ -561,15 +567,15 @@ class ComfyRunner:
         detach: threading.Event | None = None,
     ) -> dict[str, Any]:
         check_alive = self.process.check_alive if self.process is not None else None
-        if check_alive is not None:
-            check_alive()  # a ComfyUI that died since the last job is reported before this one
-
-        # Idempotency: ComfyUI does not check prompt_id uniqueness, so we do.  The queue first,
-        # then the history: a prompt moves from one to the other (atomically, never back), so
-        # asking in this order cannot miss one that finishes between the two questions.
-        queued = self.api.queue_state(job_id) if self._may_be_queued(job_id) else None
+        with _before_submit():
+            if check_alive is not None:
+                check_alive()  # a ComfyUI that died since the last job is reported before this
+            # Idempotency: ComfyUI does not check prompt_id uniqueness, so we do.  The queue
+            # first, then the history: a prompt moves from one to the other (atomically, never
+            # back), so asking in this order cannot miss one that finishes between the two.
+            queued = self.api.queue_state(job_id) if self._may_be_queued(job_id) else None
+            entry = self.api.history(job_id) if queued is None else None
         if queued is None:
-            entry = self.api.history(job_id)
             if entry is not None:
                 return entry
         else:
@@ -598,7 +604,8 @@ class ComfyRunner:
             if any(isinstance(item, InputURL) for item in inputs):
                 timings.fetching_inputs = time.monotonic() - t0
                 t0 = time.monotonic()
-            prompt = with_input_names(prompt, self._upload(files))
+            with _before_submit():
+                prompt = with_input_names(prompt, self._upload(files))
         timings.uploading_inputs = time.monotonic() - t0
 
         if cancel is not None and cancel.is_set():
@@ -841,6 +848,15 @@ class ComfyRunner:
             except ComfyUIUnavailable as dead:
                 return dead
         return exc
+
+
+@contextlib.contextmanager
+def _before_submit() -> Iterator[None]:
+    """ComfyUI failing in here was sent nothing of the job yet: ComfyUINotReached says so."""
+    try:
+        yield
+    except ComfyUIUnavailable as exc:
+        raise ComfyUINotReached.of(exc) from exc
 
 
 def _node_of(item: OutputRef | TextOutput | tuple[str, str, bytes]) -> str:

@@ -389,10 +389,17 @@ class LocalExecutor:
     def _work(self, spec: JobSpec, active: _Active) -> None:
         start = self.process.log_offset() if self.process is not None else 0
         self._mark_log(spec.job_id, start, None)
+        asked = 0
+
+        def prepare() -> ComfyRunner:
+            nonlocal asked
+            asked += 1
+            return self._prepare(spec.job_id, recheck=asked > 1)
+
         try:
             self.lifecycle.run(
                 spec,
-                prepare=lambda: self._prepare(spec.job_id),
+                prepare=prepare,
                 cancel=active.cancel,
                 stopping=lambda: self._closing,
                 detach=active.detach,
@@ -402,9 +409,11 @@ class LocalExecutor:
                 self._mark_log(spec.job_id, start, self.process.log_offset())
             self._forget(spec.job_id, active)
 
-    def _prepare(self, job_id: str) -> ComfyRunner:
+    def _prepare(self, job_id: str, *, recheck: bool = False) -> ComfyRunner:
         """The runner, once ComfyUI is up: a job arriving while it is down or restarting waits
-        for it (phase ``starting_comfyui``) up to ``comfy_wait_s``."""
+        for it (phase ``starting_comfyui``) up to ``comfy_wait_s``.  The jobs' own answers from
+        ComfyUI vouch for it (no probe per job under load) unless ``recheck``: the job found it
+        silent before sending its prompt."""
         monitor = self.monitor
         if monitor is not None:
 
@@ -413,7 +422,10 @@ class LocalExecutor:
                 with contextlib.suppress(Exception):
                     self.store.update(job_id, phase="starting_comfyui")
 
-            if monitor.wait_up(self.comfy_wait_s, on_wait=waiting):
+            answered_at = self.runner.api.answered_at
+            if monitor.wait_up(
+                self.comfy_wait_s, on_wait=waiting, answered_at=answered_at, recheck=recheck
+            ):
                 log.info("job %s: ComfyUI is back; the job goes on", job_id)
         return self.runner
 

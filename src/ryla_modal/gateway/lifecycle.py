@@ -29,6 +29,7 @@ from ryla_modal import defaults
 from ryla_modal.comfy.api import JobDetached
 from ryla_modal.comfy.runner import ComfyRunner, JobInput, RunnerProgress, RunResult
 from ryla_modal.errors import (
+    ComfyUINotReached,
     ComfyUIUnavailable,
     ExecutionError,
     InputFetchError,
@@ -56,6 +57,9 @@ from ryla_modal.gateway.schemas import (
 from ryla_modal.gateway.store import JobStore
 
 log = logging.getLogger("ryla_modal.gateway")
+
+#: Runs of one job that may find ComfyUI silent before its prompt is sent (then wait for it).
+_REACH_ATTEMPTS = 2
 
 STOPPED_RUNNING = "the server stopped while this job was running; submit it again with a new job_id"
 STOPPED_QUEUED = "the server stopped before this job started; submit it again with a new job_id"
@@ -275,7 +279,9 @@ class JobLifecycle:
         """Run one job to its final status (or leave it to ComfyUI: ``detach``).
 
         ``prepare`` returns a runner on a ComfyUI that answers (the Modal worker restarts a dead
-        one there).  ``cancel`` interrupts the prompt when set; ``cancel_requested`` is polled
+        one there); it is called again, once, when the runner finds ComfyUI silent before it
+        sent the prompt (ComfyUINotReached): the job waits for ComfyUI instead of failing, and
+        cannot run twice.  ``cancel`` interrupts the prompt when set; ``cancel_requested`` is polled
         every ``cancel_poll_s`` to set it (the Dict store's flag).  ``stopping`` says the server
         shuts down: a job stopped then is ``failed`` (server_stopped), not ``cancelled``.
         ``comfy_window`` gives the epoch span in which this worker last started ComfyUI: the
@@ -359,7 +365,7 @@ class JobLifecycle:
         log_event(record)
         watcher = self._watch(spec.job_id, cancel, cancel_requested)
         try:
-            self._execute(spec, runner, cancel, timings, stopping, detach)
+            self._execute(spec, runner, prepare, cancel, timings, stopping, detach)
         except BaseException:
             # Modal's InputCancellation, or the container stopping: stop the prompt too.
             with contextlib.suppress(Exception):
@@ -382,22 +388,42 @@ class JobLifecycle:
         self,
         spec: JobSpec,
         runner: ComfyRunner,
+        prepare: Callable[[], ComfyRunner],
         cancel: threading.Event,
         timings: dict[str, float],
         stopping: Callable[[], bool],
         detach: threading.Event | None = None,
     ) -> None:
         try:
-            result = runner.run(
-                spec.workflow,
-                job_id=spec.job_id,
-                inputs=spec.inputs,
-                on_progress=ProgressReporter(self.store, spec.job_id, self.progress_interval_s),
-                timeout_s=spec.timeout_s,
-                cancel=cancel,
-                previews=spec.previews,
-                detach=detach,
-            )
+            for attempt in range(1, _REACH_ATTEMPTS + 1):
+                try:
+                    result = runner.run(
+                        spec.workflow,
+                        job_id=spec.job_id,
+                        inputs=spec.inputs,
+                        on_progress=ProgressReporter(
+                            self.store, spec.job_id, self.progress_interval_s
+                        ),
+                        timeout_s=spec.timeout_s,
+                        cancel=cancel,
+                        previews=spec.previews,
+                        detach=detach,
+                    )
+                    break
+                except ComfyUINotReached as exc:
+                    # Gone since the job's start looked (or never seen): wait for it, run again.
+                    if attempt == _REACH_ATTEMPTS or cancel.is_set() or stopping():
+                        raise
+                    log.warning(
+                        "job %s: ComfyUI did not answer before the job was sent to it; waiting"
+                        " for it (%s)",
+                        spec.job_id,
+                        exc.message.splitlines()[0],
+                    )
+                    t0 = self._clock()
+                    runner = prepare()
+                    waited = max(0.0, self._clock() - t0)
+                    timings["starting_comfyui"] = timings.get("starting_comfyui", 0.0) + waited
             timings.update({k: v for k, v in vars(result.timings).items() if v is not None})
             t0 = time.monotonic()
             outputs = store_outputs(self.store, spec.job_id, result)
