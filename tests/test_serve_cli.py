@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -234,6 +235,37 @@ def test_comfyui_url_mode_uses_a_running_comfyui(
     serve.proc.send_signal(signal.SIGTERM)
     assert serve.proc.wait(timeout=30) == 143
     assert comfy.process.returncode is None  # not ours to stop
+
+
+def test_a_header_flood_is_refused_and_serve_goes_on(
+    launch_serve: Callable[..., Serve], launch_stub: Callable[..., ComfyServer], tmp_path: Path
+) -> None:
+    """serve parses HTTP with h11, whose 16 KiB bound on a request head refuses a flood of
+    headers; uvicorn's "auto" would take httptools when it is installed, which has no bound."""
+    comfy = launch_stub()
+    serve = launch_serve(tmp_path / "data", "--comfyui-url", comfy.base_url)
+    host, port = httpx.URL(serve.url).host, httpx.URL(serve.url).port
+    assert port is not None
+    with socket.create_connection((host, port), timeout=10) as conn:
+        conn.settimeout(10)
+        flood = b"x-pad: " + b"a" * 8000 + b"\r\n"
+        head = b"GET /health HTTP/1.1\r\nhost: " + host.encode() + b"\r\n"
+        answer = b""
+        with contextlib.suppress(OSError):  # it may close before the whole flood is sent
+            conn.sendall(head + flood * 8)  # 64 KiB of headers, never ended
+        deadline = time.monotonic() + 10
+        while b"\r\n\r\n" not in answer:
+            assert time.monotonic() < deadline, answer
+            try:
+                chunk = conn.recv(4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.split(b" ", 2)[1:2] in ([b"400"], [b"431"]), answer[:200]
+    with serve.client() as c:
+        assert c.get("/health").status_code == 200
 
 
 def _run(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -210,6 +210,10 @@ def serve_local(
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=int(defaults.SERVE_GRACEFUL_HTTP_S),
+            # What the suite runs, whatever else is installed: "auto" would take httptools,
+            # which bounds no request head (h11: 16 KiB), and uvloop when present.
+            http="h11",
+            loop="asyncio",
         )
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
