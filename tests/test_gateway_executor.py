@@ -159,3 +159,29 @@ def test_a_job_that_finds_comfyui_gone_before_submitting_waits_for_it(
         assert comfy.prompts_received() == 1  # this process's count: the second job, once
     finally:
         executor.close()
+
+
+def test_a_job_waiting_for_a_down_comfyui_can_be_cancelled(
+    launch_stub: Callable[..., ComfyServer], tmp_path: Path
+) -> None:
+    """A cancel ends the wait for ComfyUI at once, not after the 60 s the job may wait."""
+    comfy = launch_stub()
+    comfy.process.stop(grace=2)
+    store = MemoryJobStore()
+    monitor = ComfyMonitor(comfy.base_url, probe_every_s=0.1)  # no thread
+    executor = LocalExecutor(
+        store, comfy.base_url, work_dir=tmp_path / "work", monitor=monitor, comfy_wait_s=60
+    )
+    try:
+        job = store.create_if_absent(_record(str(uuid.uuid4())))[0]
+        executor.start(job, simple_workflow(unique("waits")), [])
+        deadline = time.monotonic() + 30
+        while (record := store.get(job.job_id)) is None or record.phase != "starting_comfyui":
+            assert time.monotonic() < deadline, record
+            time.sleep(0.05)
+        executor.cancel(job.job_id)
+        done = _settled(store, job.job_id, within=10)  # well before comfy_wait_s
+        assert done.status == "cancelled", done.error
+        assert done.error is not None and "waited for ComfyUI" in done.error.message
+    finally:
+        executor.close()

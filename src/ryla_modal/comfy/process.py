@@ -36,7 +36,7 @@ import httpx
 
 from ryla_modal import defaults
 from ryla_modal._transport import DeadlineExceeded, deadline_client, deadline_scope
-from ryla_modal.errors import ComfyUIUnavailable, ConfigError
+from ryla_modal.errors import ComfyUIUnavailable, ConfigError, JobCancelled
 from ryla_modal.policy import Deadline
 
 _TAIL_BLOCK = 8192
@@ -532,6 +532,7 @@ class ComfyMonitor:
         *,
         answered_at: float | None = None,
         recheck: bool = False,
+        cancel: threading.Event | None = None,
     ) -> bool:
         """Return once ComfyUI looks usable; True if this call had to wait for it.
 
@@ -545,7 +546,8 @@ class ComfyMonitor:
         down or restarting it waits (woken by the monitor, re-probing at most every
         ``probe_every_s``) up to ``timeout``, then raises ComfyUIUnavailable.  An
         ``unresponsive`` ComfyUI does not make it wait: the runner's own deadlines handle it.
-        ``on_wait`` is called once, when it begins to wait.
+        ``on_wait`` is called once, when it begins to wait; ``cancel`` set ends the wait with
+        JobCancelled within ``probe_every_s`` (a job cancelled while ComfyUI is down).
         """
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -577,6 +579,8 @@ class ComfyMonitor:
                     f" (it is {state})",
                     log_tail=self.process.log_tail() if self.process is not None else "",
                 )
+            if cancel is not None and cancel.is_set():
+                raise JobCancelled(f"cancelled while it waited for ComfyUI (it is {state})")
             if not waited and on_wait is not None:
                 on_wait()
             waited = True

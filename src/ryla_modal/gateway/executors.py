@@ -394,7 +394,7 @@ class LocalExecutor:
         def prepare() -> ComfyRunner:
             nonlocal asked
             asked += 1
-            return self._prepare(spec.job_id, recheck=asked > 1)
+            return self._prepare(spec.job_id, recheck=asked > 1, cancel=active.cancel)
 
         try:
             self.lifecycle.run(
@@ -409,11 +409,13 @@ class LocalExecutor:
                 self._mark_log(spec.job_id, start, self.process.log_offset())
             self._forget(spec.job_id, active)
 
-    def _prepare(self, job_id: str, *, recheck: bool = False) -> ComfyRunner:
+    def _prepare(
+        self, job_id: str, *, recheck: bool = False, cancel: threading.Event | None = None
+    ) -> ComfyRunner:
         """The runner, once ComfyUI is up: a job arriving while it is down or restarting waits
-        for it (phase ``starting_comfyui``) up to ``comfy_wait_s``.  The jobs' own answers from
-        ComfyUI vouch for it (no probe per job under load) unless ``recheck``: the job found it
-        silent before sending its prompt."""
+        for it (phase ``starting_comfyui``) up to ``comfy_wait_s``, or until ``cancel``.  The
+        jobs' own answers from ComfyUI vouch for it (no probe per job under load) unless
+        ``recheck``: the job found it silent before sending its prompt."""
         monitor = self.monitor
         if monitor is not None:
 
@@ -424,7 +426,11 @@ class LocalExecutor:
 
             answered_at = self.runner.api.answered_at
             if monitor.wait_up(
-                self.comfy_wait_s, on_wait=waiting, answered_at=answered_at, recheck=recheck
+                self.comfy_wait_s,
+                on_wait=waiting,
+                answered_at=answered_at,
+                recheck=recheck,
+                cancel=cancel,
             ):
                 log.info("job %s: ComfyUI is back; the job goes on", job_id)
         return self.runner

@@ -412,7 +412,12 @@ class JobLifecycle:
                     break
                 except ComfyUINotReached as exc:
                     # Gone since the job's start looked (or never seen): wait for it, run again.
-                    if attempt == _REACH_ATTEMPTS or cancel.is_set() or stopping():
+                    if cancel.is_set():
+                        raise JobCancelled(
+                            f"job {spec.job_id} was cancelled before it reached ComfyUI",
+                            job_id=spec.job_id,
+                        ) from exc
+                    if attempt == _REACH_ATTEMPTS or stopping():
                         raise
                     log.warning(
                         "job %s: ComfyUI did not answer before the job was sent to it; waiting"
