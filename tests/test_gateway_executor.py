@@ -117,11 +117,29 @@ def test_recover_fails_what_a_previous_process_left(tmp_path: Path) -> None:
     assert d is not None and d.status == "succeeded" and d.revision == 0
 
 
-def _settled(store: MemoryJobStore, job_id: str, within: float = 30.0) -> JobRecord:
+def _record_when(
+    store: MemoryJobStore, job_id: str, cond: Callable[[JobRecord], bool], within: float = 30.0
+) -> JobRecord:
+    """The job's record once ``cond`` holds for it; fails the test after ``within`` s."""
     deadline = time.monotonic() + within
-    while (record := store.get(job_id)) is None or record.status not in TERMINAL_STATUSES:
-        assert time.monotonic() < deadline, f"job {job_id} not final after {within} s: {record}"
+    while (record := store.get(job_id)) is None or not cond(record):
+        assert time.monotonic() < deadline, f"job {job_id} not there after {within} s: {record}"
         time.sleep(0.05)
+    return record
+
+
+def _settled(store: MemoryJobStore, job_id: str, within: float = 30.0) -> JobRecord:
+    return _record_when(store, job_id, lambda r: r.status in TERMINAL_STATUSES, within)
+
+
+def _waits_for_comfyui(store: MemoryJobStore, job_id: str) -> JobRecord:
+    """The record once the job waits for ComfyUI (phase starting_comfyui), still unfinished."""
+    record = _record_when(
+        store,
+        job_id,
+        lambda r: r.phase == "starting_comfyui" or r.status in TERMINAL_STATUSES,
+    )
+    assert record.status not in TERMINAL_STATUSES, record
     return record
 
 
@@ -145,13 +163,7 @@ def test_a_job_that_finds_comfyui_gone_before_submitting_waits_for_it(
         second = store.create_if_absent(_record(str(uuid.uuid4())))[0]
         with caplog.at_level("INFO", logger="ryla_modal.gateway"):
             executor.start(second, simple_workflow(unique("second")), [])
-            deadline = time.monotonic() + 30
-            while (record := store.get(second.job_id)) is None or record.phase != (
-                "starting_comfyui"
-            ):
-                assert record is None or record.status not in TERMINAL_STATUSES, record
-                assert time.monotonic() < deadline, record
-                time.sleep(0.05)
+            _waits_for_comfyui(store, second.job_id)
             comfy.process.start(ready_timeout=20)  # back, on the same port
             done = _settled(store, second.job_id, within=60)
         assert done.status == "succeeded", done.error
@@ -175,10 +187,7 @@ def test_a_job_waiting_for_a_down_comfyui_can_be_cancelled(
     try:
         job = store.create_if_absent(_record(str(uuid.uuid4())))[0]
         executor.start(job, simple_workflow(unique("waits")), [])
-        deadline = time.monotonic() + 30
-        while (record := store.get(job.job_id)) is None or record.phase != "starting_comfyui":
-            assert time.monotonic() < deadline, record
-            time.sleep(0.05)
+        _waits_for_comfyui(store, job.job_id)
         executor.cancel(job.job_id)
         done = _settled(store, job.job_id, within=10)  # well before comfy_wait_s
         assert done.status == "cancelled", done.error
