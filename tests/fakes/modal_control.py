@@ -82,6 +82,8 @@ import grpclib.server
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpclib import GRPCError, Status
+from grpclib.exceptions import StreamTerminatedError
+from h2.exceptions import StreamClosedError
 from modal_proto import api_grpc, api_pb2
 
 MODES = ("normal", "unavailable", "never_answer", "close")
@@ -188,8 +190,8 @@ class _Servicer(api_grpc.ModalClientBase):
             control._check_auth(stream.metadata)
             try:
                 await func(_PreReadStream(stream, request) if request is not None else stream)
-            except (GRPCError, asyncio.CancelledError):
-                raise
+            except (GRPCError, asyncio.CancelledError, StreamClosedError, StreamTerminatedError):
+                raise  # an answer, or a client that went away (a long poll it gave up on)
             except Exception as exc:
                 # A bug in the fake, not an answer: keep it so a test can fail on it loudly.
                 control.errors.append((name, exc))
