@@ -288,16 +288,18 @@ def test_slow_node_reports_each_step(launch_stub: Launch) -> None:
     assert info["RylaSlowSteps"]["input"]["optional"]["step_seconds"][1]["default"] == 0.01
 
 
-def test_slow_node_stops_at_the_next_step_when_interrupted(launch_stub: Launch) -> None:
+def test_slow_node_stops_mid_step_when_interrupted(launch_stub: Launch) -> None:
+    # A step far longer than the wait below: the node can only end in time by waking on the
+    # interrupt, so the test does not depend on how fast this machine is.
     server = launch_stub()
     client_id = str(uuid.uuid4())
-    wf = slow_workflow("stub", unique("int"), steps=200, step_seconds=0.05)
+    wf = slow_workflow("stub", unique("int"), steps=3, step_seconds=600.0)
     with WsRecorder(server.base_url, client_id) as ws:
         pid = submit(server, wf, client_id)
-        ws.wait_for(lambda m: m["type"] == "progress" and m["data"]["value"] == 2)
+        ws.wait_for(lambda m: m["type"] == "executing" and m["data"]["node"] == "2")
         body = {"prompt_id": pid}
         assert httpx.post(f"{server.base_url}/interrupt", json=body, timeout=T).status_code == 200
-        ws.wait_for(is_end(pid))
+        ws.wait_for(is_end(pid), timeout=30.0)
         msgs = ws.snapshot()
     types = [m["type"] for m in msgs]
     stop = types.index("execution_interrupted")
@@ -305,5 +307,5 @@ def test_slow_node_stops_at_the_next_step_when_interrupted(launch_stub: Launch) 
     assert msgs[stop]["data"]["node_type"] == "RylaSlowSteps"
     assert msgs[stop]["data"]["executed"] == ["1"]
     assert types[stop + 1 :] == ["status", "executing"]
-    assert max(m["data"]["value"] for m in msgs if m["type"] == "progress") <= 3
+    assert "progress" not in types  # no step finished, and none was reported after the stop
     assert wait_history(server, pid)["status"]["status_str"] == "error"
