@@ -264,6 +264,32 @@ def test_stall_never_finishes_but_http_answers(launch_stub: Launch) -> None:
         assert history(server, pid) == {}, "a stalled job never reaches history"
 
 
+def test_hold_keeps_a_node_running_until_the_interrupt_which_lands_at_the_next(
+    launch_stub: Launch,
+) -> None:
+    server = launch_stub()
+    arm(server, "hold", after_node=1)
+    client_id = str(uuid.uuid4())
+    with WsRecorder(server.base_url, client_id) as ws:
+        pid = submit(server, simple_workflow(unique("hold")), client_id)
+        ws.wait_for(lambda m: m["type"] == "executing" and m["data"]["node"] == "2")
+        queue = httpx.get(f"{server.base_url}/queue", timeout=T).json()
+        assert [item[1] for item in queue["queue_running"]] == [pid], "held at node 2"
+        body = {"prompt_id": pid}
+        assert httpx.post(f"{server.base_url}/interrupt", json=body, timeout=T).status_code == 200
+        ws.wait_for(is_end(pid))
+        msgs = ws.snapshot()
+    # Node 2 (ImageInvert, which never checks) finished; the interrupt landed at node 3.
+    (stop,) = [m["data"] for m in msgs if m["type"] == "execution_interrupted"]
+    assert (stop["node_id"], stop["node_type"], stop["executed"]) == ("3", "ImageBlur", ["2", "1"])
+    assert wait_history(server, pid)["status"]["status_str"] == "error"
+    # One-shot: the next job runs straight through.
+    with WsRecorder(server.base_url, client_id) as ws:
+        pid = submit(server, simple_workflow(unique("after")), client_id)
+        ws.wait_for(is_end(pid))
+    assert wait_history(server, pid)["status"]["status_str"] == "success"
+
+
 # --- the slow node ---------------------------------------------------------------------------
 
 

@@ -428,9 +428,16 @@ def test_13_upload_view_and_loadimage(fresh: ComfyServer) -> None:
 
 def test_14_interrupt_and_queue(launch_stub: Launch) -> None:
     t = load("14")
-    # Model-free nodes are fast here; 0.5 s per node makes the graph slow like the recording's
-    # (and leaves the test that long to interrupt p1 while its node 2 runs, as recorded).
+    # Model-free nodes are fast here; 0.5 s per node makes the graph slow like the recording's.
+    # p1 and q1 were interrupted while their heavy node 2 ran: a "hold" fault keeps each there
+    # until the interrupt, so the requests in between never race node 2's end.
     server = launch_stub("--node-seconds", "0.5")
+
+    def hold_node_2_of_the_next_prompt() -> None:
+        body = {"fault": "hold", "after_node": 1}
+        armed = httpx.post(f"{server.base_url}/_fake/fault", json=body, timeout=HTTP_TIMEOUT)
+        assert armed.status_code == 200, armed.text
+
     ids = Ids()
     client_id = str(uuid.uuid4())
     ids.pair(t.client_id, client_id)
@@ -464,6 +471,7 @@ def test_14_interrupt_and_queue(launch_stub: Launch) -> None:
             pid = ids.to_ours[recorded_ids[name]]
             ws.wait_for(lambda m: m["type"] == "execution_start" and m["data"]["prompt_id"] == pid)
 
+        hold_node_2_of_the_next_prompt()
         do("submit_p1_slow")
         started("p1")  # as recorded: the worker took p1 before p2 arrived
         for label in ("submit_p2", "submit_p3", "submit_p4_front"):
@@ -483,9 +491,10 @@ def test_14_interrupt_and_queue(launch_stub: Launch) -> None:
             "history_p1_interrupted",
             "history_p3_deleted_from_queue",
             "interrupt_no_body_idle",
-            "submit_q1_slow",
         ):
             do(label)
+        hold_node_2_of_the_next_prompt()
+        do("submit_q1_slow")
         started("q1")
         do("submit_q2_slow")
         executing("q1", "2")

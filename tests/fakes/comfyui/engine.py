@@ -16,7 +16,10 @@ client that announced ``supports_preview_metadata``, ``progress_state`` then a b
 Fault switches (``--fault``, ``POST /_fake/fault``) fire once, in the next job that runs, after
 its ``after_node``-th node (0: before the first; a job with fewer nodes: before its end):
 ``drop-socket``, ``die``, ``stall``, ``mute-socket`` (sockets stay open and silent for the rest
-of that job while its history entry is written as usual).
+of that job while its history entry is written as usual), ``hold`` (the next node, once its
+``executing`` is out, waits for an interrupt, at most ``HOLD_LIMIT_S``, then runs; the interrupt
+lands at the node after it, as with a heavy ComfyUI node that never checks, unless the node
+checks itself like RylaSlowSteps: a test can act "while node N runs" without racing a timer).
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ from .nodes import (
 from .validation import full_type_name
 
 MAXIMUM_HISTORY_SIZE = 10000
-FAULTS = ("none", "drop-socket", "die", "stall", "mute-socket")
+FAULTS = ("none", "drop-socket", "die", "stall", "mute-socket", "hold")
+HOLD_LIMIT_S = 60.0  # a held node that nobody interrupts ends anyway: no test hangs on it
 
 
 def now_ms() -> int:
@@ -319,6 +323,7 @@ class Engine:
         self.cache: dict[str, CacheEntry] = {}
         self.client_id: str | None = None
         self.last_node_id: str | None = None
+        self.hold_next_node = False  # set by a "hold" fault; only the worker thread reads it
         self.number = 0
         self.lock = threading.Lock()
         self._thread = threading.Thread(target=self._worker, name="prompt-worker", daemon=True)
@@ -397,6 +402,9 @@ class Engine:
         elif fault.kind == "stall":
             log(f"[stand-in] fault stall: prompt {prompt_id} will never finish")
             threading.Event().wait()  # forever; HTTP and sockets stay up
+        elif fault.kind == "hold":
+            log(f"[stand-in] fault hold: prompt {prompt_id}'s next node runs until interrupted")
+            self.hold_next_node = True
 
     def _signatures(self, prompt: dict[str, Any]) -> dict[str, str]:
         """Cache keys: class, IS_CHANGED, sorted inputs, and the keys of linked ancestors."""
@@ -435,6 +443,7 @@ class Engine:
         """Run one prompt; returns (success, status messages, {"outputs", "meta"})."""
         prompt_id, prompt = item.prompt_id, item.prompt
         self.interrupted.clear()
+        self.hold_next_node = False
         self.client_id = item.extra_data.get("client_id")
         messages: list[list[Any]] = []
 
@@ -647,7 +656,10 @@ class Engine:
                 interrupted=self.interrupted,
                 report_progress=report,
             )
-            if self.node_seconds > 0:
+            if self.hold_next_node:
+                self.hold_next_node = False
+                self.interrupted.wait(HOLD_LIMIT_S)  # returns, not raises: the next node does
+            elif self.node_seconds > 0:
                 time.sleep(self.node_seconds)  # a heavy node: not interruptible inside
             result: NodeResult = nodedef.run(ctx, inputs)
         except InterruptProcessing as iex:

@@ -2,9 +2,9 @@
 
 Every route answers as the transcripts in ``shared/comfyui-protocol/`` show, including the plain
 aiohttp 500 for a body that is not JSON.  Test-only routes live under ``/_fake/``:
-``POST /_fake/fault {"fault": "none|drop-socket|die|stall|mute-socket", "after_node": 1}`` arms a
-fault for the next job; ``GET /_fake/stats`` counts what POST /prompt received, queued and
-executed, and the requests per route.
+``POST /_fake/fault {"fault": "none|drop-socket|die|stall|mute-socket|hold", "after_node": 1}``
+arms a fault for the next job; ``GET /_fake/stats`` counts what POST /prompt received, queued
+and executed, and the requests per route.
 
 Like ComfyUI with ryla's ``ryla_snapshot`` node (``ryla_modal/cloud/snapshot_node.py``): started
 with ``RYLA_COMFYUI_DEFER_GPU=1`` it stays on the "cpu" until ``POST /ryla/gpu`` moves it (503
