@@ -288,7 +288,8 @@ def test_summary_seconds_are_the_jobs_wall_time(
     gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The summary's seconds column once added ``total`` to overlapping phases (≥ 2× the real
-    time).  A ~2 s job, timed here around the whole submit-wait-download: within 10 %."""
+    time).  A job of 20 steps of 0.1 s, timed here around the whole submit-wait-download: the
+    job's own time lies inside that span and is at least its steps' 2 s (``.1f`` rounds)."""
     from ryla_modal.cli.generate_cmd import _seconds
     from ryla_modal.client import RylaClient
 
@@ -300,4 +301,4 @@ def test_summary_seconds_are_the_jobs_wall_time(
         wall = time.monotonic() - started
     shown = float(_seconds(result.job))
     assert result.job.status == "succeeded"
-    assert abs(shown - wall) <= 0.1 * wall, (shown, wall, result.job.timings)
+    assert 1.95 <= shown <= wall + 0.05, (shown, wall, result.job.timings)

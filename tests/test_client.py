@@ -128,14 +128,14 @@ def test_progress_events_report_sampler_steps(kind: str, gateway: Gateway, tmp_p
     events: list[JobEvent] = []
 
     async def scenario(client: Any) -> Any:
-        wf = slow_workflow("stub", unique("steps"), steps=6, step_seconds=0.15)
+        wf = slow_workflow("stub", unique("steps"), steps=4, step_seconds=0.5)
         return await call(client.generate(wf, out_dir=tmp_path, on_event=events.append))
 
     run(kind, gateway.url, scenario)
     progress = [e.job.progress for e in events if e.job is not None and e.job.progress]
     steps = [p.step for p in progress if p.step]
     assert steps, "no sampler step reached the client"
-    assert max(steps) <= 6
+    assert max(steps) <= 4
     types = {p.node_type for p in progress}
     assert "RylaSlowSteps" in types
 
@@ -312,16 +312,19 @@ def test_cancel_mid_job(kind: str, gateway: Gateway) -> None:
 def test_cold_start_timeout_keeps_the_job_and_wait_resumes(
     kind: str, stub: ComfyServer, tmp_path: Path
 ) -> None:
-    # One worker busy with a slow job: the next job stays queued, which is a cold start.
+    # One worker busy with a job that outlasts the test until cancelled: the next job stays
+    # queued, which is a cold start, however slow this machine is.
     with running_gateway(stub, tmp_path / "w", workers=1) as gw:
 
         async def scenario(client: Any) -> Any:
-            await call(client.submit(slow_workflow("stub", unique("busy"), steps=12)))
+            busy_wf = slow_workflow("stub", unique("busy"), steps=3, step_seconds=600.0)
+            busy = await call(client.submit(busy_wf))
             job = await call(client.submit(simple_workflow(unique("q"))))
             with pytest.raises(ColdStartTimeout) as info:
                 await call(client.wait(job.job_id, cold_start_timeout=0.5))
             assert info.value.job_id == job.job_id
             assert isinstance(info.value, TimeoutError)
+            await call(client.cancel(busy.job_id))
             return await call(client.wait(job.job_id, cold_start_timeout=30))
 
         job = run(kind, gw.url, scenario)

@@ -208,7 +208,8 @@ def test_drop_socket_cuts_sockets_but_the_job_finishes(launch_stub: Launch) -> N
     server = launch_stub()
     arm(server, "drop-socket", after_node=1)
     client_id = str(uuid.uuid4())
-    wf = slow_workflow("stub", unique("drop"), steps=10, step_seconds=0.05)
+    # Node 2 runs 4 s: time enough for the reconnect below to hear it on any machine.
+    wf = slow_workflow("stub", unique("drop"), steps=4, step_seconds=1.0)
     with WsRecorder(server.base_url, client_id) as ws:
         pid = submit(server, wf, client_id)
         assert ws.closed.wait(10), "the socket was cut"

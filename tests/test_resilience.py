@@ -233,7 +233,8 @@ def test_sigterm_answers_long_polls_503_and_the_client_rides_through(
     port = urlsplit(first.url).port
     job_id = str(uuid.uuid4())
     with first.client() as c:
-        wf = slow_workflow("stub", unique("term"), steps=40, step_seconds=0.1)
+        # Long steps: each ends a long poll, and SIGTERM must not land between two of them.
+        wf = slow_workflow("stub", unique("term"), steps=8, step_seconds=1.0)
         assert c.post("/jobs", json={"job_id": job_id, "workflow": wf}).status_code == 202
     polled: list[httpx.Response] = []
     waited: list[Any] = []
