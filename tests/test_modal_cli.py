@@ -10,8 +10,9 @@ import signal
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ from ryla_modal.deploy.modal_cli import (
     parse_deploy_output,
     pick_endpoint,
 )
-from ryla_modal.deploy.proc import CommandResult
+from ryla_modal.deploy.proc import CommandResult, run_command
 from ryla_modal.errors import AuthError, CommandTimeout, ConfigError, ModalCLIError
 from tests._hang_servers import SilentPeer, closed_port
 from tests._pids import wait_dead
@@ -191,6 +192,35 @@ def test_hangs_end_at_the_deadline_with_nothing_left_alive(
     assert wait_dead(pids) == []
     if hang == "silent_peer":
         assert peer.accepted >= 1, "modal never reached the silent peer: the test proves nothing"
+
+
+def test_the_budget_counts_from_the_call_not_from_after_its_setup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loaded machine spent 0.2-0.45 s importing and preparing before the first attempt, and
+    `ryla logs --timeout 3` then stopped modal that late.  Setup here takes >= 0.5 s: the
+    attempt gets at most what is left of the 3 s."""
+    real_child_env = modal_cli._child_env
+
+    def slow_child_env(environ: Mapping[str, str]) -> dict[str, str]:
+        time.sleep(0.5)
+        return real_child_env(environ)
+
+    given: list[float] = []
+    real_run = run_command  # what modal_cli calls
+
+    def recording_run(argv: Sequence[str], **kwargs: Any) -> CommandResult:
+        given.append(kwargs["timeout"])
+        return real_run(argv, **kwargs)
+
+    monkeypatch.setattr(modal_cli, "_child_env", slow_child_env)
+    monkeypatch.setattr(modal_cli, "run_command", recording_run)
+    env = {"MODAL_TOKEN_ID": "ak-x", "MODAL_TOKEN_SECRET": "as-x"}
+    cli = ModalCLI(env=env, command=[sys.executable, "-c", "print('a line')"])
+    result = cli.logs("hello", timeout=3)
+    assert result.lines == ["a line"]
+    (timeout,) = given
+    assert timeout <= 2.5, f"the attempt was given {timeout:.2f}s of a 3s budget after 0.5s"
 
 
 def test_grandchild_holding_stdout_does_not_outlive_the_deadline(tmp_path: Path) -> None:

@@ -558,7 +558,10 @@ class ModalCLI:
         """Run ``modal ARGS`` with retries for transient failures, all inside ``budget``.
 
         Returns the last attempt's result (whatever its outcome) and the number of attempts.
+        ``budget`` counts from this call: the imports and setup below come out of it (on a
+        loaded machine they took 0.2-0.45 s, which `ryla logs` overshot its deadline by).
         """
+        called = time.monotonic()
         # here, not at module level: `ryla --help` stays fast (policy imports tenacity)
         from ryla_modal.policy import Deadline, RetryPolicy, retrying
 
@@ -567,7 +570,8 @@ class ModalCLI:
         check_token(self._env)
         argv = [*(self._command or modal_command()), *args]
         env = _child_env(self._env)
-        deadline = Deadline(max(0.0, budget - _MIN_ATTEMPT_S), "timeout")
+        setup = time.monotonic() - called
+        deadline = Deadline(max(0.0, budget - setup - _MIN_ATTEMPT_S), "timeout")
         attempts = 0
         last: CommandResult | None = None
 
